@@ -1,0 +1,127 @@
+"""compose.yaml is valid against the compose specification and wires the ledger as intended.
+
+No Docker engine is needed: the file is checked against the compose-spec schema that
+check-jsonschema ships, so the check runs offline.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "compose.yaml"
+LEDGER_SERVICES = ("ledger", "ledger-backup")
+
+
+def _check_jsonschema() -> str:
+    beside_python = Path(sys.executable).with_name("check-jsonschema")
+    if beside_python.exists():
+        return str(beside_python)
+    found = shutil.which("check-jsonschema")
+    if found is None:
+        pytest.fail("check-jsonschema is not installed; it comes with the project's test extra")
+    return found
+
+
+def _validate(path: Path) -> subprocess.CompletedProcess[str]:
+    # Any download attempt goes to a closed local port and fails, so a pass proves
+    # the built-in schema was used without the network.
+    env = dict(os.environ)
+    for name in ("NO_PROXY", "no_proxy"):
+        env.pop(name, None)
+    dead_proxy = "http://127.0.0.1:9"
+    env.update(HTTP_PROXY=dead_proxy, HTTPS_PROXY=dead_proxy, http_proxy=dead_proxy, https_proxy=dead_proxy)
+    return subprocess.run(
+        [_check_jsonschema(), "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def _load() -> dict[str, Any]:
+    with COMPOSE_FILE.open(encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    assert isinstance(data, dict)
+    return data
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    # Compose accepts both a mapping and a list of KEY=VALUE strings.
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        return dict(item.split("=", 1) for item in env)
+    return {key: str(value) for key, value in env.items()}
+
+
+def test_compose_file_matches_the_compose_specification() -> None:
+    result = _validate(COMPOSE_FILE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_validator_rejects_an_invalid_compose_file(tmp_path: Path) -> None:
+    data = _load()
+    data["services"]["ledger"]["depends_on"] = 5
+    broken = tmp_path / "compose.yaml"
+    broken.write_text(yaml.safe_dump(data), encoding="utf-8")
+
+    result = _validate(broken)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "depends_on" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", LEDGER_SERVICES)
+def test_ledger_is_built_from_this_repository(name: str) -> None:
+    build = _load()["services"][name]["build"]
+    context = build if isinstance(build, str) else build["context"]
+    dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+
+    assert (COMPOSE_FILE.parent / context).resolve() == ROOT
+    assert (ROOT / dockerfile).is_file()
+
+
+@pytest.mark.parametrize("name", LEDGER_SERVICES)
+def test_ledger_waits_for_healthy_broker_and_database(name: str) -> None:
+    services = _load()["services"]
+    depends_on = services[name]["depends_on"]
+
+    for needed in ("rabbitmq", "postgres"):
+        assert depends_on[needed]["condition"] == "service_healthy"
+        assert "healthcheck" in services[needed], f"{needed} never becomes healthy without a healthcheck"
+
+
+@pytest.mark.parametrize("name", LEDGER_SERVICES)
+def test_ledger_reaches_broker_and_store_by_service_name(name: str) -> None:
+    service = _load()["services"][name]
+    env = _environment(service)
+
+    assert service["command"] == ["ledger", "run"]
+    assert env["ACB_BROKER_URL"] == "amqp://guest:guest@rabbitmq:5672/"
+    assert env["ACB_STORE_URL"] == "postgresql+psycopg://postgres@postgres:5432/postgres"
+
+
+@pytest.mark.parametrize("name", LEDGER_SERVICES)
+def test_ledger_can_be_scaled(name: str) -> None:
+    service = _load()["services"][name]
+
+    # A fixed container name or host port would stop a second replica from starting.
+    assert "container_name" not in service
+    assert "ports" not in service
+
+
+def test_image_runs_the_acb_command() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+
+    assert "FROM python:3.11-slim" in dockerfile
+    assert 'ENTRYPOINT ["acb"]' in dockerfile
