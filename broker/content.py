@@ -1,0 +1,601 @@
+"""Content crypto contracts shared by peers and the ledger.
+
+A document is published as a :class:`FileCommitment`: its size, SHA-256 and the
+root of an RFC 6962 Merkle tree over fixed-size plaintext segments. Each sale
+uses a fresh 256-bit key K; the provider encrypts every segment with AES-256-GCM
+under K and signs (Ed25519) a manifest: one :class:`ManifestHeader` per sale and
+one :class:`ManifestEntry` per ciphertext segment, carrying the ciphertext hash
+and the plaintext Merkle proof. The consumer keeps the signed manifest, so if a
+segment turns out to be garbage once K is released, :func:`judge_dispute` can
+decide, from signed evidence only, whether the provider cheated.
+
+Everything here is pure (no sockets, no clocks); the only I/O is reading a file
+whose path the caller gives to :func:`describe_file`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import blake3
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+__all__ = [
+    "SEGMENT_SIZE",
+    "KEY_SIZE",
+    "TAG_SIZE",
+    "ContentError",
+    "DecryptionFailed",
+    "ProofInvalid",
+    "SignatureInvalid",
+    "FileCommitment",
+    "MerkleTree",
+    "ManifestHeader",
+    "ManifestEntry",
+    "SignedHeader",
+    "SignedEntry",
+    "Verdict",
+    "leaf_hash",
+    "merkle_root",
+    "merkle_proof",
+    "verify_merkle",
+    "describe_file",
+    "key_commitment",
+    "segment_count_for",
+    "ciphertext_size_for",
+    "SegmentCipher",
+    "encrypt_segment",
+    "decrypt_segment",
+    "ciphertext_hash",
+    "canonical_json",
+    "sign_header",
+    "verify_header",
+    "sign_entry",
+    "verify_entry",
+    "judge_dispute",
+]
+
+SEGMENT_SIZE = 1 << 20
+KEY_SIZE = 32
+TAG_SIZE = 16
+SIGNATURE_SIZE = 64
+
+_LEAF_PREFIX = b"\x00"
+_NODE_PREFIX = b"\x01"
+_KEY_COMMITMENT_TAG = b"acb/key-commitment/v1\x00"
+_AAD_TAG = b"acb/segment/v1\x00"
+_HEADER_TYPE = "acb.manifest.header/v1"
+_ENTRY_TYPE = "acb.manifest.entry/v1"
+
+
+class ContentError(Exception):
+    """Root of the content-crypto errors.
+
+    ContentError
+    ├── DecryptionFailed   a segment does not decrypt (wrong key, tampered bytes)
+    ├── ProofInvalid       a Merkle proof or a manifest field does not check out
+    └── SignatureInvalid   a manifest is not signed by the expected provider
+    """
+
+
+class DecryptionFailed(ContentError):
+    """A ciphertext segment failed AES-GCM authentication."""
+
+
+class ProofInvalid(ContentError):
+    """A Merkle proof or manifest field does not match what was published."""
+
+
+class SignatureInvalid(ContentError):
+    """A manifest header or entry is not validly signed by the provider."""
+
+
+# --------------------------------------------------------------------------- Merkle tree
+
+
+def leaf_hash(plaintext_segment: bytes | bytearray | memoryview) -> bytes:
+    """Hash one plaintext segment as a Merkle leaf (RFC 6962: SHA-256 of 0x00 || data)."""
+    h = hashlib.sha256(_LEAF_PREFIX)
+    h.update(plaintext_segment)
+    return h.digest()
+
+
+def _node(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(_NODE_PREFIX + left + right).digest()
+
+
+class MerkleTree:
+    """All levels of an RFC 6962 tree, built once so every proof costs O(log n).
+
+    Building bottom-up and carrying an unpaired last node up unchanged yields the
+    same tree as RFC 6962's "split at the largest power of two" definition, which
+    is what makes odd counts deterministic.
+    """
+
+    def __init__(self, leaves: Sequence[bytes]) -> None:
+        self._levels: list[list[bytes]] = [list(leaves)]
+        level = self._levels[0]
+        while len(level) > 1:
+            nxt = [_node(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+            if len(level) % 2:
+                nxt.append(level[-1])
+            self._levels.append(nxt)
+            level = nxt
+
+    @property
+    def count(self) -> int:
+        """Number of leaves."""
+        return len(self._levels[0])
+
+    @property
+    def root(self) -> bytes:
+        """The tree head; SHA-256 of the empty string for an empty tree (RFC 6962)."""
+        if not self._levels[0]:
+            return hashlib.sha256(b"").digest()
+        return self._levels[-1][0]
+
+    def proof(self, index: int) -> list[bytes]:
+        """Audit path for leaf ``index``, bottom-up."""
+        if not 0 <= index < self.count:
+            raise ProofInvalid(f"leaf index {index} out of range for {self.count} leaves")
+        path: list[bytes] = []
+        for level in self._levels[:-1]:
+            sibling = index ^ 1
+            if sibling < len(level):
+                path.append(level[sibling])
+            index >>= 1
+        return path
+
+
+def merkle_root(leaves: Sequence[bytes]) -> bytes:
+    """Root of the RFC 6962 tree over already-hashed ``leaves``."""
+    return MerkleTree(leaves).root
+
+
+def merkle_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
+    """Audit path for ``leaves[index]``; use :class:`MerkleTree` for many proofs."""
+    return MerkleTree(leaves).proof(index)
+
+
+def verify_merkle(leaf: bytes, index: int, count: int, proof: Sequence[bytes], root: bytes) -> bool:
+    """Check an audit path (RFC 9162 section 2.1.3.2); never raises on bad input."""
+    if not 0 <= index < count:
+        return False
+    fn, sn, r = index, count - 1, leaf
+    for p in proof:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = _node(p, r)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = _node(r, p)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == root
+
+
+# --------------------------------------------------------------------------- file commitment
+
+
+def segment_count_for(size: int, segment_size: int) -> int:
+    """Number of segments of a ``size``-byte file (0 for an empty file)."""
+    if segment_size <= 0:
+        raise ValueError("segment_size must be positive")
+    return math.ceil(size / segment_size)
+
+
+def ciphertext_size_for(index: int, size: int, segment_size: int) -> int:
+    """Length of ciphertext segment ``index``: plaintext length plus the GCM tag."""
+    start = index * segment_size
+    return min(segment_size, size - start) + TAG_SIZE
+
+
+@dataclass(frozen=True)
+class FileCommitment:
+    """What a provider publishes about a document, plus the leaves it keeps for proofs."""
+
+    size: int
+    sha256: str
+    merkle_root: str
+    segment_size: int
+    segment_count: int
+    leaves: tuple[bytes, ...] = field(default=(), repr=False, compare=False)
+
+    def public(self) -> dict[str, Any]:
+        """The catalog-facing fields (leaves stay with the provider)."""
+        return {
+            "size": self.size,
+            "sha256": self.sha256,
+            "merkle_root": self.merkle_root,
+            "segment_size": self.segment_size,
+            "segment_count": self.segment_count,
+        }
+
+    def tree(self) -> MerkleTree:
+        """Build the Merkle tree over the kept leaves."""
+        if len(self.leaves) != self.segment_count:
+            raise ProofInvalid("commitment was loaded without its leaves")
+        return MerkleTree(self.leaves)
+
+
+def describe_file(path: str | Path, segment_size: int = SEGMENT_SIZE) -> FileCommitment:
+    """Stream ``path`` once and compute its commitment (size, SHA-256, Merkle root, leaves)."""
+    whole = hashlib.sha256()
+    leaves: list[bytes] = []
+    size = 0
+    buf = bytearray(segment_size)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while True:
+            n = _read_full(fh, view)
+            if n == 0:
+                break
+            chunk = view[:n]
+            whole.update(chunk)
+            leaves.append(leaf_hash(chunk))
+            size += n
+            if n < segment_size:
+                break
+    return FileCommitment(
+        size=size,
+        sha256=whole.hexdigest(),
+        merkle_root=merkle_root(leaves).hex(),
+        segment_size=segment_size,
+        segment_count=len(leaves),
+        leaves=tuple(leaves),
+    )
+
+
+def _read_full(fh: Any, view: memoryview) -> int:
+    """Fill ``view`` unless EOF comes first; raw reads may return short counts."""
+    got = 0
+    while got < len(view):
+        n = fh.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+# --------------------------------------------------------------------------- segment crypto
+
+
+def key_commitment(sale_id: str, key: bytes) -> str:
+    """Hex SHA-256 binding the per-sale key to the sale, published before K is escrowed."""
+    sid = sale_id.encode()
+    data = _KEY_COMMITMENT_TAG + len(sid).to_bytes(4, "big") + sid + key
+    return hashlib.sha256(data).hexdigest()
+
+
+def _nonce(index: int) -> bytes:
+    # A fixed nonce per index is safe only because K is fresh for every sale.
+    return b"\x00\x00\x00\x00" + index.to_bytes(8, "big")
+
+
+def _aad(sale_id: str, index: int) -> bytes:
+    sid = sale_id.encode()
+    return _AAD_TAG + len(sid).to_bytes(4, "big") + sid + index.to_bytes(8, "big")
+
+
+def _check_key(key: bytes) -> None:
+    if len(key) != KEY_SIZE:
+        raise ContentError(f"segment key must be {KEY_SIZE} bytes, got {len(key)}")
+
+
+class SegmentCipher:
+    """AES-256-GCM for one sale, reusing the key schedule and caller buffers."""
+
+    def __init__(self, key: bytes, sale_id: str) -> None:
+        _check_key(key)
+        self._aead = AESGCM(key)
+        self.sale_id = sale_id
+
+    def encrypt(self, index: int, plaintext: bytes | bytearray | memoryview) -> bytes:
+        """Encrypt segment ``index``; returns ciphertext || tag."""
+        return self._aead.encrypt(_nonce(index), plaintext, _aad(self.sale_id, index))
+
+    def encrypt_into(self, index: int, plaintext: memoryview | bytes, out: memoryview | bytearray) -> int:
+        """Encrypt into ``out`` (at least len(plaintext) + 16 bytes); returns bytes written."""
+        n = len(plaintext) + TAG_SIZE
+        self._aead.encrypt_into(_nonce(index), plaintext, _aad(self.sale_id, index), memoryview(out)[:n])
+        return n
+
+    def decrypt(self, index: int, ciphertext: bytes | bytearray | memoryview) -> bytes:
+        """Decrypt segment ``index``; raises :class:`DecryptionFailed`."""
+        try:
+            return self._aead.decrypt(_nonce(index), ciphertext, _aad(self.sale_id, index))
+        except InvalidTag as exc:
+            raise DecryptionFailed(
+                f"segment {index} of sale {self.sale_id} failed authentication "
+                "(wrong key or tampered ciphertext)"
+            ) from exc
+
+    def decrypt_into(self, index: int, ciphertext: memoryview | bytes, out: memoryview | bytearray) -> int:
+        """Decrypt into ``out``; returns plaintext length; raises :class:`DecryptionFailed`."""
+        if len(ciphertext) < TAG_SIZE:
+            raise DecryptionFailed(f"segment {index} is shorter than a GCM tag")
+        n = len(ciphertext) - TAG_SIZE
+        try:
+            self._aead.decrypt_into(_nonce(index), ciphertext, _aad(self.sale_id, index), memoryview(out)[:n])
+        except InvalidTag as exc:
+            raise DecryptionFailed(
+                f"segment {index} of sale {self.sale_id} failed authentication "
+                "(wrong key or tampered ciphertext)"
+            ) from exc
+        return n
+
+
+def encrypt_segment(key: bytes, sale_id: str, index: int, plaintext: bytes) -> bytes:
+    """AES-256-GCM encrypt one segment; nonce from the index, AAD binds sale and index."""
+    return SegmentCipher(key, sale_id).encrypt(index, plaintext)
+
+
+def decrypt_segment(key: bytes, sale_id: str, index: int, ciphertext: bytes) -> bytes:
+    """Inverse of :func:`encrypt_segment`; raises :class:`DecryptionFailed`."""
+    return SegmentCipher(key, sale_id).decrypt(index, ciphertext)
+
+
+def ciphertext_hash(ct: bytes | bytearray | memoryview) -> bytes:
+    """32-byte BLAKE3 of a ciphertext segment.
+
+    BLAKE3 rather than SHA-256 because it runs at ~6.7 GB/s against ~1.7 GB/s
+    for SHA-256 here, and both sides hash every byte on the transfer's hot path.
+    """
+    return blake3.blake3(ct).digest()
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def canonical_json(obj: dict[str, Any]) -> bytes:
+    """The byte string that is signed: sorted keys, no spaces, bytes already hex."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _public_key(key: Ed25519PublicKey | bytes) -> Ed25519PublicKey:
+    if isinstance(key, Ed25519PublicKey):
+        return key
+    if len(key) != 32:
+        raise SignatureInvalid(f"provider public key must be 32 raw bytes, got {len(key)}")
+    return Ed25519PublicKey.from_public_bytes(key)
+
+
+@dataclass(frozen=True)
+class ManifestHeader:
+    """Per-sale statement by the provider: which document, for whom, under which key."""
+
+    sale_id: str
+    doc_id: str
+    provider: str
+    consumer: str
+    key_commitment: str
+    size: int
+    segment_size: int
+    segment_count: int
+    merkle_root: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, including the type tag that separates it from entries."""
+        return {
+            "type": _HEADER_TYPE,
+            "sale_id": self.sale_id,
+            "doc_id": self.doc_id,
+            "provider": self.provider,
+            "consumer": self.consumer,
+            "key_commitment": self.key_commitment,
+            "size": self.size,
+            "segment_size": self.segment_size,
+            "segment_count": self.segment_count,
+            "merkle_root": self.merkle_root,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ManifestHeader:
+        """Parse :meth:`to_dict` output; raises :class:`ProofInvalid` on a bad shape."""
+        try:
+            if d.get("type") != _HEADER_TYPE:
+                raise ProofInvalid(f"not a manifest header: type {d.get('type')!r}")
+            return cls(
+                sale_id=str(d["sale_id"]),
+                doc_id=str(d["doc_id"]),
+                provider=str(d["provider"]),
+                consumer=str(d["consumer"]),
+                key_commitment=str(d["key_commitment"]),
+                size=int(d["size"]),
+                segment_size=int(d["segment_size"]),
+                segment_count=int(d["segment_count"]),
+                merkle_root=str(d["merkle_root"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProofInvalid(f"malformed manifest header: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """Per-segment statement: ciphertext hash and the plaintext leaf's audit path."""
+
+    sale_id: str
+    index: int
+    ct_hash: bytes
+    ct_size: int
+    proof: tuple[bytes, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form with bytes as hex."""
+        return {
+            "type": _ENTRY_TYPE,
+            "sale_id": self.sale_id,
+            "index": self.index,
+            "ct_hash": self.ct_hash.hex(),
+            "ct_size": self.ct_size,
+            "proof": [p.hex() for p in self.proof],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ManifestEntry:
+        """Parse :meth:`to_dict` output; raises :class:`ProofInvalid` on a bad shape."""
+        try:
+            if d.get("type") != _ENTRY_TYPE:
+                raise ProofInvalid(f"not a manifest entry: type {d.get('type')!r}")
+            return cls(
+                sale_id=str(d["sale_id"]),
+                index=int(d["index"]),
+                ct_hash=bytes.fromhex(d["ct_hash"]),
+                ct_size=int(d["ct_size"]),
+                proof=tuple(bytes.fromhex(p) for p in d["proof"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProofInvalid(f"malformed manifest entry: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class SignedHeader:
+    """A header with the exact signed bytes, so it can be re-verified byte for byte."""
+
+    body: bytes
+    signature: bytes
+
+    @property
+    def header(self) -> ManifestHeader:
+        """The parsed header (not verified: call :func:`verify_header`)."""
+        return ManifestHeader.from_dict(_loads(self.body))
+
+    def to_wire(self) -> dict[str, str]:
+        """JSON-able form for messages to the ledger."""
+        return {"body": self.body.decode(), "signature": self.signature.hex()}
+
+    @classmethod
+    def from_wire(cls, d: dict[str, str]) -> SignedHeader:
+        """Inverse of :meth:`to_wire`."""
+        return cls(body=d["body"].encode(), signature=bytes.fromhex(d["signature"]))
+
+
+@dataclass(frozen=True)
+class SignedEntry:
+    """An entry with the exact signed bytes."""
+
+    body: bytes
+    signature: bytes
+
+    @property
+    def entry(self) -> ManifestEntry:
+        """The parsed entry (not verified: call :func:`verify_entry`)."""
+        return ManifestEntry.from_dict(_loads(self.body))
+
+    def to_wire(self) -> dict[str, str]:
+        """JSON-able form for messages to the ledger."""
+        return {"body": self.body.decode(), "signature": self.signature.hex()}
+
+    @classmethod
+    def from_wire(cls, d: dict[str, str]) -> SignedEntry:
+        """Inverse of :meth:`to_wire`."""
+        return cls(body=d["body"].encode(), signature=bytes.fromhex(d["signature"]))
+
+
+def _loads(body: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(body)
+    except ValueError as exc:
+        raise ProofInvalid(f"manifest body is not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise ProofInvalid("manifest body is not a JSON object")
+    return obj
+
+
+def sign_header(private_key: Ed25519PrivateKey, header: ManifestHeader) -> SignedHeader:
+    """Sign the canonical JSON of ``header`` with the provider's identity key."""
+    body = canonical_json(header.to_dict())
+    return SignedHeader(body=body, signature=private_key.sign(body))
+
+
+def verify_header(signed: SignedHeader, public_key: Ed25519PublicKey | bytes) -> ManifestHeader:
+    """Check the signature and return the header; raises :class:`SignatureInvalid`."""
+    try:
+        _public_key(public_key).verify(signed.signature, signed.body)
+    except InvalidSignature as exc:
+        raise SignatureInvalid("manifest header is not signed by the provider") from exc
+    return signed.header
+
+
+def sign_entry(private_key: Ed25519PrivateKey, entry: ManifestEntry) -> SignedEntry:
+    """Sign the canonical JSON of ``entry`` with the provider's identity key."""
+    body = canonical_json(entry.to_dict())
+    return SignedEntry(body=body, signature=private_key.sign(body))
+
+
+def verify_entry(signed: SignedEntry, public_key: Ed25519PublicKey | bytes) -> ManifestEntry:
+    """Check the signature and return the entry; raises :class:`SignatureInvalid`."""
+    try:
+        _public_key(public_key).verify(signed.signature, signed.body)
+    except InvalidSignature as exc:
+        raise SignatureInvalid("manifest entry is not signed by the provider") from exc
+    return signed.entry
+
+
+# --------------------------------------------------------------------------- disputes
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Outcome of :func:`judge_dispute`."""
+
+    provider_cheated: bool
+    reason: str
+
+
+def judge_dispute(
+    *,
+    key: bytes,
+    sale_id: str,
+    provider_public_key: bytes,
+    header: SignedHeader,
+    entry: SignedEntry,
+    ciphertext: bytes,
+    published_root_hex: str,
+    segment_count: int,
+) -> Verdict:
+    """Decide a consumer's complaint about one segment from signed evidence only.
+
+    The provider cheated iff it signed this header and entry for this sale, the
+    ciphertext is the one it signed, and that ciphertext either does not decrypt
+    with the escrowed key or decrypts to a segment that is not in the published
+    document. Evidence that does not bind the provider is rejected (not cheated).
+    """
+    try:
+        h = verify_header(header, provider_public_key)
+    except ContentError:
+        return Verdict(False, "evidence not signed by provider: manifest header signature invalid")
+    try:
+        e = verify_entry(entry, provider_public_key)
+    except ContentError:
+        return Verdict(False, "evidence not signed by provider: manifest entry signature invalid")
+    if h.sale_id != sale_id or e.sale_id != sale_id:
+        return Verdict(False, f"evidence is for another sale ({h.sale_id!r}/{e.sale_id!r}, not {sale_id!r})")
+    if not 0 <= e.index < segment_count:
+        return Verdict(False, f"entry index {e.index} outside the document's {segment_count} segments")
+    if ciphertext_hash(ciphertext) != e.ct_hash:
+        return Verdict(False, f"ciphertext of segment {e.index} does not match the hash the provider signed")
+    try:
+        plaintext = SegmentCipher(key, sale_id).decrypt(e.index, ciphertext)
+    except ContentError:
+        if key_commitment(sale_id, key) != h.key_commitment:
+            return Verdict(True, f"segment {e.index}: escrowed key does not match the provider's signed commitment")
+        return Verdict(True, f"segment {e.index} does not decrypt with the escrowed key")
+    try:
+        root = bytes.fromhex(published_root_hex)
+    except ValueError:
+        return Verdict(False, "published Merkle root is not hex")
+    if not verify_merkle(leaf_hash(plaintext), e.index, segment_count, e.proof, root):
+        return Verdict(True, f"segment {e.index} decrypts to content that is not in the published document")
+    return Verdict(False, f"segment {e.index} is genuine: it decrypts and matches the published root")
