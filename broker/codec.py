@@ -1,0 +1,39 @@
+"""Canonical encoding: the bytes that are signed, hashed and sent.
+
+JSON with sorted keys, no whitespace and UTF-8 text. Two parties that hold the
+same value produce the same bytes, so a signature or hash over them is stable.
+Binary values travel as base64 (blobs) or hex (keys, hashes), never raw.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+__all__ = ["canonical", "b64e", "b64d", "loads_object"]
+
+
+def canonical(value: Any) -> bytes:
+    """Encode a JSON-compatible value canonically."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def b64e(data: bytes) -> str:
+    """Standard base64 without line breaks."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64d(text: str) -> bytes:
+    """Decode strict base64; raise ValueError on anything else."""
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+def loads_object(body: bytes) -> dict[str, Any]:
+    """Parse bytes into a JSON object, or raise ValueError saying why not."""
+    try:
+        value = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"body is not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ValueError(f"body is JSON {type(value).__name__}, expected an object")
+    return value

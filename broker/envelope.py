@@ -1,0 +1,155 @@
+"""Signed envelopes: who sends what, when, under which id.
+
+Wire shape::
+
+    {"body": {"id": ..., "sender": ..., "issued_at": ms, "kind": "command"|"query",
+              "payload": {...}, "min_seq": int}, "signature": base64}
+
+The signature is Ed25519 over the canonical encoding of ``body`` exactly as it
+arrived, so a command whose id (or anything else) was changed no longer
+verifies. Parsing checks the type and schema version before the fields, so the
+error says which of the three is wrong.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel, ValidationError
+
+from broker import errors
+from broker.codec import b64d, b64e, canonical, loads_object
+from broker.commands import COMMAND_ADAPTER, Command
+from broker.queries import QUERY_ADAPTER, Query
+
+__all__ = ["Envelope", "seal", "open_envelope", "verify", "new_id", "now_ms"]
+
+_SUPPORTED_VERSIONS = {1}
+
+
+def new_id() -> str:
+    """A fresh client-generated id."""
+    return uuid.uuid4().hex
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A parsed envelope: its body as received, the typed payload and the signature."""
+
+    id: str
+    sender: str
+    issued_at: int
+    kind: Literal["command", "query"]
+    payload: Command | Query
+    min_seq: int
+    body: dict[str, Any]
+    signature: bytes | None
+
+    def to_bytes(self) -> bytes:
+        wire: dict[str, Any] = {"body": self.body}
+        if self.signature is not None:
+            wire["signature"] = b64e(self.signature)
+        return canonical(wire)
+
+
+def seal(
+    payload: BaseModel,
+    *,
+    sender: str,
+    key: Ed25519PrivateKey | None,
+    kind: Literal["command", "query"] = "command",
+    id: str | None = None,
+    min_seq: int = 0,
+    issued_at: int | None = None,
+) -> Envelope:
+    """Build and sign an envelope (unsigned when ``key`` is None, for public queries)."""
+    body = {
+        "id": id or new_id(),
+        "sender": sender,
+        "issued_at": now_ms() if issued_at is None else issued_at,
+        "kind": kind,
+        "payload": payload.model_dump(mode="json"),
+        "min_seq": min_seq,
+    }
+    signature = key.sign(canonical(body)) if key is not None else None
+    return Envelope(
+        id=body["id"], sender=sender, issued_at=body["issued_at"], kind=kind,
+        payload=payload, min_seq=min_seq, body=body, signature=signature,  # type: ignore[arg-type]
+    )
+
+
+def open_envelope(raw: bytes) -> Envelope:
+    """Parse wire bytes into an Envelope; raise a coded CommandRejected when they do not fit."""
+    try:
+        wire = loads_object(raw)
+    except ValueError as exc:
+        raise errors.Malformed(str(exc)) from exc
+    body = wire.get("body")
+    if not isinstance(body, dict):
+        raise errors.Malformed("envelope has no body object")
+    kind = body.get("kind")
+    if kind not in ("command", "query"):
+        raise errors.Malformed(f"envelope kind must be 'command' or 'query', got {kind!r}")
+    payload = body.get("payload")
+    if not isinstance(payload, dict):
+        raise errors.Malformed("envelope has no payload object")
+    adapter = COMMAND_ADAPTER if kind == "command" else QUERY_ADAPTER
+    _check_type_and_version(payload, adapter)
+    try:
+        typed = adapter.validate_python(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"][1:]) or "payload"
+        raise errors.Malformed(f"{payload.get('type')}: {where}: {first['msg']}") from exc
+    signature = wire.get("signature")
+    sig_bytes: bytes | None = None
+    if signature is not None:
+        try:
+            sig_bytes = b64d(str(signature))
+        except ValueError as exc:
+            raise errors.BadSignature("signature is not base64") from exc
+    try:
+        ident, sender, issued_at, min_seq = body["id"], body["sender"], body["issued_at"], body.get("min_seq", 0)
+    except KeyError as exc:
+        raise errors.Malformed(f"envelope body lacks {exc.args[0]!r}") from exc
+    if not (isinstance(ident, str) and 8 <= len(ident) <= 80 and isinstance(sender, str)
+            and isinstance(issued_at, int) and isinstance(min_seq, int)):
+        raise errors.Malformed("envelope id, sender, issued_at or min_seq has the wrong type")
+    return Envelope(ident, sender, issued_at, kind, typed, min_seq, body, sig_bytes)
+
+
+def _check_type_and_version(payload: dict[str, Any], adapter: Any) -> None:
+    known = _known_types(adapter)
+    kind = payload.get("type")
+    if kind not in known:
+        raise errors.UnknownType(f"unknown message type {kind!r}")
+    version = payload.get("schema_version", 1)
+    if version not in _SUPPORTED_VERSIONS:
+        raise errors.UnsupportedVersion(f"{kind} schema_version {version!r} is not supported (know {sorted(_SUPPORTED_VERSIONS)})")
+
+
+def _known_types(adapter: Any) -> frozenset[str]:
+    cached = getattr(adapter, "_acb_types", None)
+    if cached is None:
+        schema = adapter.json_schema()
+        cached = frozenset(schema["discriminator"]["mapping"])
+        adapter._acb_types = cached
+    return cached
+
+
+def verify(envelope: Envelope, public_key: bytes) -> None:
+    """Check the envelope's signature against a raw Ed25519 public key."""
+    if envelope.signature is None:
+        raise errors.BadSignature(f"{envelope.payload.type} from {envelope.sender} is not signed")
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(envelope.signature, canonical(envelope.body))
+    except (InvalidSignature, ValueError) as exc:
+        raise errors.BadSignature(f"signature of {envelope.sender} does not verify") from exc

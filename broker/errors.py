@@ -1,0 +1,115 @@
+"""Errors of the wire, and the registry of codes that cross it.
+
+    BrokerError                      anything this package raises
+    ├── BrokerUnavailable            RabbitMQ cannot be reached or dropped us
+    ├── ReplyTimeout                 no answer in time (the command may still apply)
+    ├── MalformedMessage             bytes that do not parse into one of our models
+    └── CommandRejected              a coded refusal a person can act on
+        ├── BadSignature, StaleCommand, UnknownUser, DuplicateRegistration,
+        ├── NotAuthorized, BadAmount, BadPrice, UnknownDocument, OwnDocument,
+        ├── PriceChanged, InsufficientFunds, UnknownSale, NotYourSale,
+        ├── SaleClosed, KeyNotEscrowed, BadEscrow, DisputeRejected, ...
+        └── RemoteError              a code this side does not know
+
+A reply carries ``{"code": ..., "message": ...}``; :func:`rejection` turns it
+back into the registered class so callers can catch what they expect.
+"""
+from __future__ import annotations
+
+__all__ = [
+    "BrokerError", "BrokerUnavailable", "ReplyTimeout", "MalformedMessage", "CommandRejected",
+    "RemoteError", "rejection", "CODES",
+]
+
+
+class BrokerError(Exception):
+    """Root of everything the broker package raises."""
+
+
+class BrokerUnavailable(BrokerError):
+    """RabbitMQ could not be reached, or the connection broke."""
+
+
+class ReplyTimeout(BrokerError):
+    """No reply arrived in time."""
+
+
+class MalformedMessage(BrokerError):
+    """Bytes that do not parse into a known, current model."""
+
+    code = "malformed"
+
+
+class CommandRejected(BrokerError):
+    """A refusal with a code from the registry and a message for a person."""
+
+    code = "rejected"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.message = message
+
+    def as_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+CODES: dict[str, type[CommandRejected]] = {}
+
+
+def _code(name: str, doc: str) -> type[CommandRejected]:
+    cls = type(
+        "".join(p.capitalize() for p in name.split("_")),
+        (CommandRejected,),
+        {"code": name, "__doc__": doc},
+    )
+    CODES[name] = cls
+    globals()[cls.__name__] = cls
+    __all__.append(cls.__name__)
+    return cls
+
+
+Malformed = _code("malformed", "The message does not parse into one of our models.")
+UnknownType = _code("unknown_type", "The message names a type this side does not know.")
+UnsupportedVersion = _code("unsupported_version", "The message's schema_version is not supported.")
+BadSignature = _code("bad_signature", "The signature does not verify with the sender's registered key.")
+StaleCommand = _code("stale_command", "The command was issued too long ago or in the future.")
+UnknownUser = _code("unknown_user", "No such registered user.")
+DuplicateRegistration = _code("duplicate_registration", "That login is taken.")
+BadLogin = _code("bad_login", "The login name is not allowed.")
+NotAuthorized = _code("not_authorized", "The sender may not do this.")
+BadAmount = _code("bad_amount", "The amount must be a positive whole number of minor units.")
+BadPrice = _code("bad_price", "The price must be a positive whole number of minor units.")
+UnknownDocument = _code("unknown_document", "No such published document.")
+DuplicateDocument = _code("duplicate_document", "That document id is already published.")
+OwnDocument = _code("own_document", "A provider cannot buy their own document.")
+PriceChanged = _code("price_changed", "The document's price is not the one the buyer agreed to.")
+InsufficientFunds = _code("insufficient_funds", "The available balance does not cover the price.")
+UnknownSale = _code("unknown_sale", "No such sale.")
+DuplicateSale = _code("duplicate_sale", "That sale id is already used.")
+NotYourSale = _code("not_your_sale", "The sale belongs to other parties.")
+SaleClosed = _code("sale_closed", "The sale is already settled, voided or refunded.")
+KeyNotEscrowed = _code("key_not_escrowed", "The provider has not escrowed the key yet.")
+BadEscrow = _code("bad_escrow", "The escrowed key does not open or does not match its commitment.")
+DisputeRejected = _code("dispute_rejected", "The evidence does not show the provider cheated.")
+BadChallenge = _code("bad_challenge", "The login challenge is invalid, expired or wrongly signed.")
+Lagging = _code("lagging", "The replica has not yet applied the requested sequence.")
+UnknownQuery = _code("unknown_query", "No such read query.")
+
+
+class RemoteError(CommandRejected):
+    """A code this side does not know: shown as it came."""
+
+
+def rejection(error: dict[str, str]) -> CommandRejected:
+    """Turn a reply's error object back into the registered exception."""
+    code = str(error.get("code", "remote_error"))
+    message = str(error.get("message", "unknown error"))
+    cls = CODES.get(code)
+    if cls is None:
+        return RemoteError(message, code=code)
+    return cls(message)
