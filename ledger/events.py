@@ -1,0 +1,148 @@
+"""Events: what happened, as the log records it.
+
+Frozen pydantic models with a ``type`` discriminator and a ``schema_version``.
+An older version is upcast on read by a named function in ``UPCASTERS``; the
+stored row shape (see :mod:`ledger.store`) never changes for a new event shape.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Callable, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+__all__ = [
+    "Event", "EVENT_ADAPTER", "parse_event", "UPCASTERS", "EpochStarted", "UserRegistered", "Deposited",
+    "FeeSet", "DocumentPublished", "DocumentUnpublished", "PriceChanged", "SaleOpened", "KeyEscrowed",
+    "SaleSettled", "SaleVoided", "DisputeResolved",
+]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    schema_version: Literal[1] = 1
+
+
+class EpochStarted(_Event):
+    """A replica became primary; events of older epochs that follow are ignored."""
+
+    type: Literal["epoch_started"] = "epoch_started"
+    epoch: int
+    replica: str
+
+
+class UserRegistered(_Event):
+    type: Literal["user_registered"] = "user_registered"
+    login: str
+    sign_key: str
+    box_key: str
+    cert_pem: str
+    keystore: str
+
+
+class Deposited(_Event):
+    type: Literal["deposited"] = "deposited"
+    account: str
+    amount: int
+    memo: str = ""
+
+
+class FeeSet(_Event):
+    type: Literal["fee_set"] = "fee_set"
+    bps: int
+
+
+class DocumentPublished(_Event):
+    type: Literal["document_published"] = "document_published"
+    doc_id: str
+    provider: str
+    title: str
+    topic: str
+    description: str
+    price: int
+    size: int
+    sha256: str
+    merkle_root: str
+    segment_size: int
+    endpoint: str
+
+
+class DocumentUnpublished(_Event):
+    type: Literal["document_unpublished"] = "document_unpublished"
+    doc_id: str
+
+
+class PriceChanged(_Event):
+    type: Literal["price_changed"] = "price_changed"
+    doc_id: str
+    price: int
+
+
+class SaleOpened(_Event):
+    """The price is held from the consumer; the fee is fixed at the rate of this moment."""
+
+    type: Literal["sale_opened"] = "sale_opened"
+    sale_id: str
+    doc_id: str
+    consumer: str
+    provider: str
+    price: int
+    fee: int
+    deadline_ms: int
+
+
+class KeyEscrowed(_Event):
+    type: Literal["key_escrowed"] = "key_escrowed"
+    sale_id: str
+    key_commitment: str
+    sealed_key: str  # HPKE to the ledger's key; opened only to check it and to release it
+
+
+class SaleSettled(_Event):
+    """Consumer pays, provider and owner are credited, and the key goes to the consumer only."""
+
+    type: Literal["sale_settled"] = "sale_settled"
+    sale_id: str
+    price: int
+    fee: int
+    provider_amount: int
+    consumer_sealed_key: str  # HPKE of K to the consumer's box key
+
+
+class SaleVoided(_Event):
+    type: Literal["sale_voided"] = "sale_voided"
+    sale_id: str
+    reason: str
+
+
+class DisputeResolved(_Event):
+    """A dispute judged with the escrowed key: a refund if the provider cheated, else a penalty."""
+
+    type: Literal["dispute_resolved"] = "dispute_resolved"
+    sale_id: str
+    index: int
+    provider_cheated: bool
+    reason: str
+    refund: int  # to the consumer: provider returns price - fee, owner returns fee
+    penalty: int  # a false dispute costs the disputer this, paid to the owner
+
+
+Event = Annotated[
+    Union[
+        EpochStarted, UserRegistered, Deposited, FeeSet, DocumentPublished, DocumentUnpublished,
+        PriceChanged, SaleOpened, KeyEscrowed, SaleSettled, SaleVoided, DisputeResolved,
+    ],
+    Field(discriminator="type"),
+]
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+# (type, version) -> function lifting a stored payload one version up. None yet: version 1 is current.
+UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def parse_event(payload: dict[str, Any]) -> Event:
+    """Typed event from a stored or received payload, upcasting old versions first."""
+    version = payload.get("schema_version", 1)
+    while (payload.get("type"), version) in UPCASTERS:
+        payload = UPCASTERS[(payload["type"], version)](payload)
+        version = payload["schema_version"]
+    return EVENT_ADAPTER.validate_python(payload)

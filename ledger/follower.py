@@ -1,0 +1,197 @@
+"""The follower: every replica's reader of the replicated log.
+
+It recovers the state from its own store (newest verified snapshot, then the
+stored events after it, checking the hash chain), then reads the broker's log
+stream from the offset it stored, folds each entry in
+(:func:`ledger.log.fold_entry`), and commits the new rows together with the
+next stream offset in one transaction. Only after that commit does the new
+state become visible to readers and to a waiting primary, so nothing is
+confirmed that a crash could take back.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pika.exceptions
+
+from broker.client import connect
+from broker.topology import Names, declare
+from ledger.errors import ChainBroken, LedgerError
+from ledger.log import ACCEPTED, HALT, LogBatch, LogEntry, Outcome, fold_entry, replay_row
+from ledger.model import State, state_from_dict, state_hash, state_to_dict
+from ledger.store import Row, Store
+
+__all__ = ["Follower"]
+
+log = logging.getLogger(__name__)
+_GROUP = 512  # stream messages folded per store transaction at most
+
+
+class Follower:
+    """Keeps ``state`` equal to the log, durable in ``store``."""
+
+    def __init__(self, store: Store, url: str, names: Names, replica_id: str, *, snapshot_every: int = 5000) -> None:
+        self.store = store
+        self.url = url
+        self.names = names
+        self.replica_id = replica_id
+        self.snapshot_every = snapshot_every
+        self.state = State()
+        self.halted: str | None = None
+        self.next_offset: int | None = None
+        self.applied_events = 0  # counted since start, for the status rate
+        self.listeners: list[Callable[[State, list[Row]], None]] = []
+        self._cond = threading.Condition()
+        self._expected: dict[str, Outcome | None] = {}
+        self._last_snapshot = 0
+
+    # -- recovery --------------------------------------------------------------------------------
+    def recover(self) -> State:
+        """Rebuild state from the local store: snapshot, then the events after it."""
+        state = State()
+        snap = self.store.latest_snapshot()
+        if snap is not None:
+            seq, digest, _offset, data = snap
+            candidate = state_from_dict(data)
+            if state_hash(candidate) == digest and candidate.seq == seq:
+                state = candidate
+                self._last_snapshot = seq
+            else:
+                log.error("snapshot at seq %d fails its hash check; replaying from the start", seq)
+        try:
+            for row in self.store.rows(after=state.seq):
+                state = replay_row(state, row)
+        except ChainBroken as exc:
+            self._halt(f"store {self.store.safe_url} is corrupt: {exc}")
+        stored = self.store.get_meta("stream_offset")
+        self.next_offset = int(stored) if stored is not None else None
+        self.state = state
+        return state
+
+    # -- waiting ---------------------------------------------------------------------------------
+    def expect(self, entry_ids: list[str]) -> None:
+        """Register entries whose outcome a writer will wait for (before publishing them)."""
+        with self._cond:
+            for e in entry_ids:
+                self._expected[e] = None
+
+    def wait_for(self, entry_ids: list[str], timeout: float) -> dict[str, Outcome | None]:
+        """Outcomes of expected entries, waiting until all are known or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while any(self._expected.get(e) is None for e in entry_ids) and self.halted is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return {e: self._expected.pop(e, None) for e in entry_ids}
+
+    def wait_seq(self, seq: int, timeout: float) -> bool:
+        """Block until the applied sequence reaches ``seq`` (read-your-writes)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.state.seq < seq and self.halted is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return self.state.seq >= seq
+
+    # -- running ---------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Follow the log until ``stop`` is set or the replica halts; reconnects on broker loss."""
+        while not stop.is_set() and self.halted is None:
+            try:
+                self._follow(stop)
+            except (pika.exceptions.AMQPError, OSError, LedgerError) as exc:
+                if stop.is_set():
+                    return
+                log.warning("log follower lost the broker (%r); reconnecting", exc)
+                time.sleep(0.5)
+
+    def _follow(self, stop: threading.Event) -> None:
+        conn = connect(self.url, heartbeat=5, name=f"acb-follower-{self.replica_id}")
+        try:
+            ch = conn.channel()
+            declare(ch, self.names)
+            ch.basic_qos(prefetch_count=2 * _GROUP)
+            offset: Any = self.next_offset if self.next_offset is not None else "first"
+            pending: list[tuple[int, int, bytes]] = []  # (delivery tag, stream offset, body)
+
+            def on_message(_ch: Any, method: Any, props: Any, body: bytes) -> None:
+                pending.append((method.delivery_tag, int(props.headers["x-stream-offset"]), body))
+
+            ch.basic_consume(self.names.log, on_message, arguments={"x-stream-offset": offset})
+            while not stop.is_set() and self.halted is None:
+                # Returns as soon as deliveries are dispatched: fold whatever has arrived, at once.
+                conn.process_data_events(time_limit=0.1)
+                while pending:
+                    group, pending[:] = pending[:_GROUP], pending[_GROUP:]
+                    self._fold(group)
+                    ch.basic_ack(group[-1][0], multiple=True)
+                    if self.halted is not None:
+                        break
+        finally:
+            try:
+                conn.close()
+            except (pika.exceptions.AMQPError, OSError):
+                pass  # a stream consumer closed with buffered messages ends this way; nothing is lost
+
+    def _fold(self, pending: list[tuple[int, int, bytes]]) -> None:
+        state = self.state
+        rows: list[Row] = []
+        outcomes: dict[str, Outcome] = {}
+        last_offset = pending[-1][1]
+        for _tag, offset, body in pending:
+            try:
+                batch = LogBatch.model_validate_json(body)
+            except ValueError as exc:
+                # Every replica skips the same unreadable message, so they stay identical.
+                log.error("log message at offset %d is not a log batch, skipped: %s", offset, exc)
+                continue
+            for entry in batch.entries:
+                outcome, new_state, new_rows = fold_entry(state, entry)
+                if outcome.verdict == HALT:
+                    last_offset = offset - 1
+                    self._commit(state, rows, outcomes, last_offset)
+                    self._halt(f"at stream offset {offset}: {outcome.reason}")
+                    return
+                if outcome.verdict != ACCEPTED:
+                    log.info("entry %s ignored: %s", entry.entry_id, outcome.reason)
+                state, rows = new_state, rows + new_rows
+                outcomes[entry.entry_id] = outcome
+        self._commit(state, rows, outcomes, last_offset)
+
+    def _commit(self, state: State, rows: list[Row], outcomes: dict[str, Outcome], last_offset: int) -> None:
+        if last_offset < 0 and not rows:
+            return
+        self.store.append(rows, {"stream_offset": str(last_offset + 1)})
+        for listener in self.listeners:
+            listener(state, rows)
+        with self._cond:
+            self.state = state
+            self.next_offset = last_offset + 1
+            self.applied_events += len(rows)
+            for entry_id, outcome in outcomes.items():
+                if entry_id in self._expected:
+                    self._expected[entry_id] = outcome
+            self._cond.notify_all()
+        if self.snapshot_every and state.seq - self._last_snapshot >= self.snapshot_every:
+            self.store.save_snapshot(state.seq, state_hash(state), last_offset + 1, state_to_dict(state),
+                                     int(time.time() * 1000))
+            self._last_snapshot = state.seq
+
+    def _halt(self, reason: str) -> None:
+        log.critical("REPLICA %s HALTED, applying nothing more: %s", self.replica_id, reason)
+        with self._cond:
+            self.halted = reason
+            self._cond.notify_all()
+
+
+def entry_of(batch_body: bytes) -> list[LogEntry]:
+    """Entries of one stream message (for tools that read the stream directly)."""
+    return list(LogBatch.model_validate_json(batch_body).entries)

@@ -1,0 +1,337 @@
+"""The ledger's state and the one pure function that changes it.
+
+``apply(state, record) -> state`` is the only way state changes. It does no
+I/O and reads no clock: the primary, every backup and the audit replay run the
+same function over the same records and reach the same state (compare
+:func:`state_hash`). State is immutable (pyrsistent maps), so readers hold a
+consistent snapshot without locks while the follower swaps in the next one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from functools import singledispatch
+from typing import Any
+
+from pyrsistent import PMap, PVector, pmap, pvector
+
+from broker.codec import canonical
+from ledger import events as ev
+from ledger.money import DEFAULT_FEE_BPS
+
+__all__ = [
+    "State", "Record", "User", "Document", "Sale", "Flow", "apply", "state_hash", "state_to_dict",
+    "state_from_dict", "GENESIS_HASH", "invariant_violations", "OPEN", "SETTLED", "VOIDED", "REFUNDED",
+]
+
+GENESIS_HASH = "0" * 64
+OPEN, SETTLED, VOIDED, REFUNDED = "open", "settled", "voided", "refunded"
+
+
+@dataclass(frozen=True)
+class User:
+    login: str
+    sign_key: str
+    box_key: str
+    cert_pem: str
+    keystore: str
+    registered_seq: int
+    strikes: int = 0  # disputes lost as a provider
+
+
+@dataclass(frozen=True)
+class Document:
+    doc_id: str
+    provider: str
+    title: str
+    topic: str
+    description: str
+    price: int
+    size: int
+    sha256: str
+    merkle_root: str
+    segment_size: int
+    endpoint: str
+    published: bool
+    published_seq: int
+
+
+@dataclass(frozen=True)
+class Sale:
+    sale_id: str
+    doc_id: str
+    consumer: str
+    provider: str
+    price: int
+    fee: int
+    deadline_ms: int
+    status: str
+    opened_seq: int
+    key_commitment: str | None = None
+    sealed_key: str | None = None
+    consumer_sealed_key: str | None = None
+    closed_seq: int | None = None
+    reason: str = ""
+    disputed: bool = False
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One line of an account's cash-flow history."""
+
+    seq: int
+    at_ms: int
+    kind: str
+    amount: int  # signed: + credit, - debit of the available balance
+    counterparty: str = ""
+    doc_id: str = ""
+    sale_id: str = ""
+    memo: str = ""
+
+
+@dataclass(frozen=True)
+class Record:
+    """An event as applied: its place in the log and the command it came from."""
+
+    seq: int
+    epoch: int
+    at_ms: int
+    event: Any  # ledger.events.Event
+    hash: str
+    command_id: str | None = None
+    reply: dict[str, Any] | None = None  # set on the last event of a command's entry
+
+
+@dataclass(frozen=True)
+class State:
+    seq: int = 0
+    head_hash: str = GENESIS_HASH
+    epoch: int = 0
+    primary: str | None = None
+    fee_bps: int = DEFAULT_FEE_BPS
+    deposited: int = 0  # all money that ever entered; what accounts and holds must add up to
+    users: PMap = field(default_factory=pmap)
+    balances: PMap = field(default_factory=pmap)  # account -> available minor units
+    held: PMap = field(default_factory=pmap)  # account -> sum of its open holds
+    documents: PMap = field(default_factory=pmap)
+    sales: PMap = field(default_factory=pmap)
+    commands: PMap = field(default_factory=pmap)  # command id -> {"seq", "result"}: the first answer
+    flows: PMap = field(default_factory=pmap)  # account -> PVector[Flow]
+
+    def balance(self, account: str) -> int:
+        return int(self.balances.get(account, 0))
+
+    def holds(self, account: str) -> int:
+        return int(self.held.get(account, 0))
+
+
+def apply(state: State, record: Record) -> State:
+    """The state after ``record``. Pure: same inputs, same output, no side effects."""
+    new = _mutate(record.event, state, record)
+    changes: dict[str, Any] = {"seq": record.seq, "head_hash": record.hash}
+    if record.command_id is not None and record.reply is not None:
+        changes["commands"] = new.commands.set(record.command_id, {"seq": record.seq, "result": record.reply})
+    return dataclasses.replace(new, **changes)
+
+
+@singledispatch
+def _mutate(event: Any, state: State, rec: Record) -> State:
+    raise TypeError(f"no apply rule for {type(event).__name__}")
+
+
+def _credit(state: State, account: str, amount: int, flow: Flow) -> dict[str, Any]:
+    flows = state.flows.get(account, pvector())
+    return {
+        "balances": state.balances.set(account, state.balance(account) + amount),
+        "flows": state.flows.set(account, flows.append(flow)),
+    }
+
+
+def _move(state: State, *moves: tuple[str, int, Flow]) -> State:
+    for account, amount, flow in moves:
+        state = dataclasses.replace(state, **_credit(state, account, amount, flow))
+    return state
+
+
+@_mutate.register
+def _(e: ev.EpochStarted, state: State, rec: Record) -> State:
+    return dataclasses.replace(state, epoch=e.epoch, primary=e.replica)
+
+
+@_mutate.register
+def _(e: ev.UserRegistered, state: State, rec: Record) -> State:
+    user = User(e.login, e.sign_key, e.box_key, e.cert_pem, e.keystore, rec.seq)
+    return dataclasses.replace(
+        state, users=state.users.set(e.login, user), balances=state.balances.set(e.login, state.balance(e.login))
+    )
+
+
+@_mutate.register
+def _(e: ev.Deposited, state: State, rec: Record) -> State:
+    state = _move(state, (e.account, e.amount, Flow(rec.seq, rec.at_ms, "deposit", e.amount, "operator", memo=e.memo)))
+    return dataclasses.replace(state, deposited=state.deposited + e.amount)
+
+
+@_mutate.register
+def _(e: ev.FeeSet, state: State, rec: Record) -> State:
+    return dataclasses.replace(state, fee_bps=e.bps)
+
+
+@_mutate.register
+def _(e: ev.DocumentPublished, state: State, rec: Record) -> State:
+    doc = Document(
+        e.doc_id, e.provider, e.title, e.topic, e.description, e.price, e.size, e.sha256, e.merkle_root,
+        e.segment_size, e.endpoint, True, rec.seq,
+    )
+    return dataclasses.replace(state, documents=state.documents.set(e.doc_id, doc))
+
+
+@_mutate.register
+def _(e: ev.DocumentUnpublished, state: State, rec: Record) -> State:
+    doc = state.documents[e.doc_id]
+    return dataclasses.replace(state, documents=state.documents.set(e.doc_id, dataclasses.replace(doc, published=False)))
+
+
+@_mutate.register
+def _(e: ev.PriceChanged, state: State, rec: Record) -> State:
+    doc = state.documents[e.doc_id]
+    return dataclasses.replace(state, documents=state.documents.set(e.doc_id, dataclasses.replace(doc, price=e.price)))
+
+
+@_mutate.register
+def _(e: ev.SaleOpened, state: State, rec: Record) -> State:
+    sale = Sale(e.sale_id, e.doc_id, e.consumer, e.provider, e.price, e.fee, e.deadline_ms, OPEN, rec.seq)
+    state = _move(state, (e.consumer, -e.price, Flow(rec.seq, rec.at_ms, "hold", -e.price, e.provider, e.doc_id, e.sale_id)))
+    return dataclasses.replace(
+        state, sales=state.sales.set(e.sale_id, sale), held=state.held.set(e.consumer, state.holds(e.consumer) + e.price)
+    )
+
+
+@_mutate.register
+def _(e: ev.KeyEscrowed, state: State, rec: Record) -> State:
+    sale = dataclasses.replace(state.sales[e.sale_id], key_commitment=e.key_commitment, sealed_key=e.sealed_key)
+    return dataclasses.replace(state, sales=state.sales.set(e.sale_id, sale))
+
+
+def _release_hold(state: State, sale: Sale) -> State:
+    return dataclasses.replace(state, held=state.held.set(sale.consumer, state.holds(sale.consumer) - sale.price))
+
+
+@_mutate.register
+def _(e: ev.SaleSettled, state: State, rec: Record) -> State:
+    sale = state.sales[e.sale_id]
+    state = _release_hold(state, sale)
+    # The consumer's hold becomes the payment: recorded as a flow of 0 on its available balance.
+    state = _move(
+        state,
+        (sale.consumer, 0, Flow(rec.seq, rec.at_ms, "payment", 0, sale.provider, sale.doc_id, sale.sale_id,
+                                memo=f"paid {e.price} from hold")),
+        (sale.provider, e.provider_amount, Flow(rec.seq, rec.at_ms, "sale", e.provider_amount, sale.consumer,
+                                                 sale.doc_id, sale.sale_id)),
+        ("owner", e.fee, Flow(rec.seq, rec.at_ms, "commission", e.fee, sale.provider, sale.doc_id, sale.sale_id)),
+    )
+    done = dataclasses.replace(sale, status=SETTLED, consumer_sealed_key=e.consumer_sealed_key, closed_seq=rec.seq)
+    return dataclasses.replace(state, sales=state.sales.set(e.sale_id, done))
+
+
+@_mutate.register
+def _(e: ev.SaleVoided, state: State, rec: Record) -> State:
+    sale = state.sales[e.sale_id]
+    state = _release_hold(state, sale)
+    state = _move(state, (sale.consumer, sale.price, Flow(rec.seq, rec.at_ms, "release", sale.price, sale.provider,
+                                                          sale.doc_id, sale.sale_id, memo=e.reason)))
+    done = dataclasses.replace(sale, status=VOIDED, closed_seq=rec.seq, reason=e.reason)
+    return dataclasses.replace(state, sales=state.sales.set(e.sale_id, done))
+
+
+@_mutate.register
+def _(e: ev.DisputeResolved, state: State, rec: Record) -> State:
+    sale = state.sales[e.sale_id]
+    if e.provider_cheated:
+        state = _move(
+            state,
+            (sale.provider, -(e.refund - sale.fee), Flow(rec.seq, rec.at_ms, "clawback", -(e.refund - sale.fee),
+                                                         sale.consumer, sale.doc_id, sale.sale_id, memo=e.reason)),
+            ("owner", -sale.fee, Flow(rec.seq, rec.at_ms, "commission_return", -sale.fee, sale.provider,
+                                      sale.doc_id, sale.sale_id)),
+            (sale.consumer, e.refund, Flow(rec.seq, rec.at_ms, "refund", e.refund, sale.provider, sale.doc_id,
+                                           sale.sale_id, memo=e.reason)),
+        )
+        provider = state.users[sale.provider]
+        state = dataclasses.replace(
+            state, users=state.users.set(sale.provider, dataclasses.replace(provider, strikes=provider.strikes + 1))
+        )
+        done = dataclasses.replace(sale, status=REFUNDED, disputed=True, reason=e.reason)
+    else:
+        if e.penalty:
+            state = _move(
+                state,
+                (sale.consumer, -e.penalty, Flow(rec.seq, rec.at_ms, "dispute_penalty", -e.penalty, "owner",
+                                                 sale.doc_id, sale.sale_id, memo=e.reason)),
+                ("owner", e.penalty, Flow(rec.seq, rec.at_ms, "dispute_penalty", e.penalty, sale.consumer,
+                                          sale.doc_id, sale.sale_id)),
+            )
+        done = dataclasses.replace(sale, disputed=True, reason=e.reason)
+    return dataclasses.replace(state, sales=state.sales.set(e.sale_id, done))
+
+
+# -- serialisation, hashing and invariants ---------------------------------------------------------
+
+_TABLES = {"users": User, "documents": Document, "sales": Sale}
+
+
+def state_to_dict(state: State) -> dict[str, Any]:
+    """A plain, canonical-encodable picture of the whole state."""
+    out: dict[str, Any] = {
+        k: getattr(state, k) for k in ("seq", "head_hash", "epoch", "primary", "fee_bps", "deposited")
+    }
+    for name in _TABLES:
+        out[name] = {k: dataclasses.asdict(v) for k, v in getattr(state, name).items()}
+    out["balances"] = dict(state.balances)
+    out["held"] = dict(state.held)
+    out["commands"] = {k: dict(v) for k, v in state.commands.items()}
+    out["flows"] = {k: [dataclasses.asdict(f) for f in v] for k, v in state.flows.items()}
+    return out
+
+
+def state_from_dict(data: dict[str, Any]) -> State:
+    kwargs: dict[str, Any] = {k: data[k] for k in ("seq", "head_hash", "epoch", "primary", "fee_bps", "deposited")}
+    for name, cls in _TABLES.items():
+        kwargs[name] = pmap({k: cls(**v) for k, v in data[name].items()})
+    kwargs["balances"] = pmap(data["balances"])
+    kwargs["held"] = pmap(data["held"])
+    kwargs["commands"] = pmap(data["commands"])
+    kwargs["flows"] = pmap({k: pvector(Flow(**f) for f in v) for k, v in data["flows"].items()})
+    return State(**kwargs)
+
+
+def state_hash(state: State) -> str:
+    """SHA-256 of the canonical encoding of the whole state."""
+    return hashlib.sha256(canonical(state_to_dict(state))).hexdigest()
+
+
+def invariant_violations(state: State) -> list[str]:
+    """What is wrong with a state: empty when money is conserved and every hold adds up."""
+    problems: list[str] = []
+    total = sum(state.balances.values()) + sum(state.held.values())
+    if total != state.deposited:
+        problems.append(f"money not conserved: accounts {sum(state.balances.values())} + holds "
+                        f"{sum(state.held.values())} != deposited {state.deposited}")
+    open_by_consumer: dict[str, int] = {}
+    for sale in state.sales.values():
+        if sale.status == OPEN:
+            open_by_consumer[sale.consumer] = open_by_consumer.get(sale.consumer, 0) + sale.price
+        if sale.status == SETTLED and not sale.consumer_sealed_key:
+            problems.append(f"sale {sale.sale_id} settled without releasing its key")
+        if sale.status != SETTLED and sale.status != REFUNDED and sale.consumer_sealed_key:
+            problems.append(f"sale {sale.sale_id} released its key without settling")
+    for account, amount in state.held.items():
+        if amount != open_by_consumer.get(account, 0):
+            problems.append(f"holds of {account} are {amount}, open sales add up to {open_by_consumer.get(account, 0)}")
+    for account, amount in state.balances.items():
+        user = state.users.get(account)
+        # Only a provider who lost a dispute may owe money (a clawback after it spent the sale).
+        if amount < 0 and not (user is not None and user.strikes > 0):
+            problems.append(f"balance of {account} is negative ({amount})")
+    return problems

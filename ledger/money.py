@@ -1,0 +1,51 @@
+"""Money: whole minor units (cents), and the one rounding rule ACB has.
+
+Commission rule: ``fee = price * bps / 10000`` rounded half up to a whole minor
+unit, where ``bps`` is basis points (100 = 1%). Prices are positive, so "half
+up" and "half away from zero" agree. The provider receives ``price - fee``;
+the owner receives ``fee``; nothing is lost to rounding because the two parts
+always add back to the price.
+"""
+from __future__ import annotations
+
+__all__ = ["fee", "split", "format_minor", "parse_minor", "DEFAULT_FEE_BPS", "MAX_FEE_BPS"]
+
+DEFAULT_FEE_BPS = 100
+MAX_FEE_BPS = 10_000
+
+
+def fee(price: int, bps: int) -> int:
+    """The commission on ``price`` at ``bps`` basis points, rounded half up."""
+    if not isinstance(price, int) or not isinstance(bps, int) or isinstance(price, bool):
+        raise TypeError("price and bps are integers of minor units / basis points")
+    if price < 0 or not 0 <= bps <= MAX_FEE_BPS:
+        raise ValueError(f"price must be >= 0 and bps within 0..{MAX_FEE_BPS}")
+    return (price * bps + 5_000) // 10_000
+
+
+def split(price: int, bps: int) -> tuple[int, int]:
+    """``(provider_amount, fee)``: what the provider and the owner receive of ``price``."""
+    f = fee(price, bps)
+    return price - f, f
+
+
+def format_minor(amount: int) -> str:
+    """1234 -> '12.34', -5 -> '-0.05' (two decimals, for people)."""
+    sign = "-" if amount < 0 else ""
+    whole, cents = divmod(abs(amount), 100)
+    return f"{sign}{whole}.{cents:02d}"
+
+
+def parse_minor(text: str) -> int:
+    """'12.34' -> 1234, '12' -> 1200, '0.5' -> 50. Refuses more than two decimals."""
+    text = text.strip()
+    neg = text.startswith("-")
+    if neg:
+        text = text[1:]
+    whole, _, frac = text.partition(".")
+    if not whole.isdigit() and not (whole == "" and frac):
+        raise ValueError(f"not an amount: {text!r}")
+    if frac and (not frac.isdigit() or len(frac) > 2):
+        raise ValueError(f"an amount has at most two decimals: {text!r}")
+    value = int(whole or "0") * 100 + int((frac + "00")[:2])
+    return -value if neg else value

@@ -1,0 +1,250 @@
+"""The command processor: every replica runs one; the one RabbitMQ hands the queue to is primary.
+
+All replicas consume the commands queue, a quorum queue with single active
+consumer; RabbitMQ delivers to one of them. That is only who *receives*, not
+who may *write*: the receiver first announces a new epoch in the log and
+waits until its own announcement comes back accepted (so it has applied
+everything before it). Only then does it decide commands, and it answers a
+client only once the command's entry came back accepted from the log. A
+deposed primary (a paused or cut-off one that wakes up) finds its entries
+ignored, answers nothing, gives the unacknowledged commands back, and goes on
+as a backup.
+
+Commands are handled in batches: decided one after another against a
+tentative state, written as one stream message, confirmed together.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import pika
+import pika.exceptions
+
+from broker import errors
+from broker.client import connect
+from broker.envelope import Envelope, open_envelope
+from broker.replies import Reply
+from broker.topology import Names, declare
+from ledger.errors import LedgerError
+from ledger.events import EpochStarted
+from ledger.follower import Follower
+from ledger.handlers import Context, decide, expire_holds
+from ledger.log import ACCEPTED, LogBatch, LogEntry, fold_entry
+from ledger.model import State
+
+__all__ = ["CommandProcessor", "TICK"]
+
+log = logging.getLogger(__name__)
+TICK = "tick"
+_BATCH = 256
+_CONFIRM_TIMEOUT = 10.0
+# Refusals are not in the log; remember recent ones so a retry gets the same answer.
+_REJECTED_MEMORY = 50_000
+
+
+class Deposed(Exception):
+    """Another replica announced a higher epoch: stop writing."""
+
+
+class CommandProcessor:
+    def __init__(self, follower: Follower, url: str, names: Names, replica_id: str,
+                 context: Callable[[], Context], *, heartbeat: int = 2) -> None:
+        self.follower = follower
+        self.url = url
+        self.names = names
+        self.replica_id = replica_id
+        self.context = context
+        self.heartbeat = heartbeat
+        self.epoch = 0  # nonzero while primary
+        self.commands_handled = 0
+        self.on_role_change: Callable[[bool], None] | None = None
+        self._rejected: OrderedDict[str, Reply] = OrderedDict()
+
+    @property
+    def is_primary(self) -> bool:
+        st = self.follower.state
+        return self.epoch != 0 and st.epoch == self.epoch and st.primary == self.replica_id
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set() and self.follower.halted is None:
+            try:
+                self._serve(stop)
+            except (pika.exceptions.AMQPError, OSError, errors.BrokerError, LedgerError) as exc:
+                if stop.is_set():
+                    break
+                log.warning("command processor lost the broker (%r); reconnecting as a candidate", exc)
+                time.sleep(0.3)
+            except Deposed as exc:
+                log.warning("deposed: %s; continuing as a backup", exc)
+                time.sleep(0.5)
+            finally:
+                self._set_epoch(0)
+
+    def _set_epoch(self, epoch: int) -> None:
+        changed = (epoch != 0) != (self.epoch != 0)
+        self.epoch = epoch
+        if changed and self.on_role_change is not None:
+            self.on_role_change(epoch != 0)
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def _serve(self, stop: threading.Event) -> None:
+        conn = connect(self.url, heartbeat=self.heartbeat, name=f"acb-commands-{self.replica_id}")
+        try:
+            ch = conn.channel()
+            declare(ch, self.names)
+            ch.basic_qos(prefetch_count=_BATCH)
+            log_ch = conn.channel()
+            log_ch.confirm_delivery()
+            batch: list[tuple[Any, Any, bytes]] = []
+
+            def on_command(_ch: Any, method: Any, props: Any, body: bytes) -> None:
+                batch.append((method, props, body))
+
+            ch.basic_consume(self.names.commands, on_command)
+            while not stop.is_set() and self.follower.halted is None:
+                conn.process_data_events(time_limit=0.1)
+                if not batch:
+                    if self.epoch and not self.is_primary:
+                        raise Deposed(f"epoch {self.follower.state.epoch} belongs to {self.follower.state.primary}")
+                    continue
+                work, batch[:] = batch[:_BATCH], batch[_BATCH:]
+                try:
+                    self._handle(ch, log_ch, work)
+                except Deposed:
+                    ch.basic_nack(work[-1][0].delivery_tag, multiple=True, requeue=True)
+                    raise
+        finally:
+            try:
+                conn.close()
+            except (pika.exceptions.AMQPError, OSError):
+                pass
+
+    def _become_primary(self, log_ch: Any) -> None:
+        """Announce a new epoch and wait until the log has accepted it (and all before it)."""
+        for _attempt in range(20):
+            state = self.follower.state
+            epoch = state.epoch + 1
+            entry = self._entry(state, epoch, [EpochStarted(epoch=epoch, replica=self.replica_id)], None, None)
+            outcome = self._write(log_ch, [entry])[entry.entry_id]
+            if outcome is not None and outcome.verdict == ACCEPTED:
+                log.warning("replica %s is primary at epoch %d (log at seq %d)", self.replica_id, epoch,
+                            self.follower.state.seq)
+                self._set_epoch(epoch)
+                return
+            time.sleep(0.05)
+        raise errors.BrokerUnavailable("could not get an epoch accepted in the log")
+
+    def _entry(self, state: State, epoch: int, events: list[Any], command_id: str | None,
+               reply: dict[str, Any] | None) -> LogEntry:
+        return LogEntry(
+            entry_id=uuid.uuid4().hex, epoch=epoch, writer=self.replica_id, expected_seq=state.seq + 1,
+            prev_hash=state.head_hash, at_ms=int(time.time() * 1000), command_id=command_id, reply=reply,
+            events=[e.model_dump(mode="json") for e in events],
+        )
+
+    def _write(self, log_ch: Any, entries: list[LogEntry]) -> dict[str, Any]:
+        ids = [e.entry_id for e in entries]
+        self.follower.expect(ids)
+        body = LogBatch(entries=entries).model_dump_json().encode()
+        log_ch.basic_publish("", self.names.log, body, pika.BasicProperties(delivery_mode=2))
+        return self.follower.wait_for(ids, _CONFIRM_TIMEOUT)
+
+    def _handle(self, ch: Any, log_ch: Any, batch: list[tuple[Any, Any, bytes]]) -> None:
+        if not self.is_primary:
+            if self.epoch:
+                raise Deposed(f"epoch {self.follower.state.epoch} belongs to {self.follower.state.primary}")
+            self._become_primary(log_ch)
+        ctx = self.context()
+        state = self.follower.state
+        tentative = state
+        entries: list[LogEntry] = []
+        replies: list[tuple[Any, Reply, LogEntry | None]] = []
+        for method, props, body in batch:
+            if props.type == TICK:
+                events = expire_holds(tentative, ctx.now_ms)
+                if events:
+                    entry = self._entry(tentative, self.epoch, events, None, None)
+                    tentative = fold_entry(tentative, entry)[1]
+                    entries.append(entry)
+                continue
+            reply, entry, tentative = self._decide(tentative, props, body, ctx, ch)
+            if entry is not None:
+                entries.append(entry)
+            if reply is not None:
+                replies.append((props, reply, entry))
+        if entries:
+            outcomes = self._write(log_ch, entries)
+            lost = [e for e in entries if (outcomes.get(e.entry_id) is None
+                                           or outcomes[e.entry_id].verdict != ACCEPTED)]
+            if lost:
+                raise Deposed(f"{len(lost)} of {len(entries)} entries not accepted "
+                              f"({outcomes.get(lost[0].entry_id)})")
+            final = {e.entry_id: outcomes[e.entry_id] for e in entries}
+        else:
+            final = {}
+        for props, reply, entry in replies:
+            if entry is not None:
+                reply = reply.model_copy(update={"seq": final[entry.entry_id].last_seq})
+            self._reply(ch, props, reply)
+        ch.basic_ack(batch[-1][0].delivery_tag, multiple=True)
+        self.commands_handled += len(replies)
+
+    def _decide(self, tentative: State, props: Any, body: bytes, ctx: Context, ch: Any
+                ) -> tuple[Reply | None, LogEntry | None, State]:
+        me = self.replica_id
+        try:
+            env = open_envelope(body)
+        except errors.CommandRejected as exc:
+            self._dead_letter(ch, props, body, str(exc))
+            ident = props.correlation_id or "unknown"
+            return Reply.failure(ident, exc, me), None, tentative
+        if env.kind != "command":
+            exc = errors.Malformed("a query was sent to the command queue")
+            self._dead_letter(ch, props, body, str(exc))
+            return Reply.failure(env.id, exc, me), None, tentative
+        done = tentative.commands.get(env.id)
+        if done is not None:
+            return Reply(id=env.id, ok=True, seq=done["seq"], result=done["result"], served_by=me), None, tentative
+        if env.id in self._rejected:
+            return self._rejected[env.id], None, tentative
+        try:
+            decision = decide(tentative, env, ctx)
+        except errors.CommandRejected as exc:
+            if isinstance(exc, (errors.BadSignature, errors.Malformed)):
+                self._dead_letter(ch, props, body, str(exc))
+            reply = Reply.failure(env.id, exc, me)
+            self._remember(env, reply)
+            return reply, None, tentative
+        except Exception as exc:  # a bug must not stop the ledger: dead-letter the command, answer, go on
+            log.exception("command %s failed unexpectedly", env.id)
+            self._dead_letter(ch, props, body, f"internal error: {exc!r}")
+            return Reply.failure(env.id, errors.RemoteError("internal error; the command was not applied",
+                                                            code="internal"), me), None, tentative
+        if not decision.events:
+            return Reply(id=env.id, ok=True, seq=tentative.seq, result=decision.result, served_by=me), None, tentative
+        entry = self._entry(tentative, self.epoch, decision.events, env.id, decision.result)
+        tentative = fold_entry(tentative, entry)[1]
+        return Reply(id=env.id, ok=True, result=decision.result, served_by=me), entry, tentative
+
+    def _remember(self, env: Envelope, reply: Reply) -> None:
+        self._rejected[env.id] = reply
+        while len(self._rejected) > _REJECTED_MEMORY:
+            self._rejected.popitem(last=False)
+
+    def _reply(self, ch: Any, props: Any, reply: Reply) -> None:
+        if not props.reply_to:
+            return
+        ch.basic_publish("", props.reply_to, reply.to_bytes(),
+                         pika.BasicProperties(correlation_id=props.correlation_id, content_type="application/json"))
+
+    def _dead_letter(self, ch: Any, props: Any, body: bytes, reason: str) -> None:
+        log.warning("dead-lettering a command: %s", reason)
+        ch.basic_publish(self.names.dlx, "command", body, pika.BasicProperties(
+            delivery_mode=2, headers={"x-acb-reason": reason[:500], "x-acb-replica": self.replica_id},
+            correlation_id=props.correlation_id))

@@ -1,0 +1,224 @@
+"""Read queries, answered from a replica's applied state and catalog.
+
+Backups consume the shared reads queue at a higher priority than the primary,
+so RabbitMQ spreads reads over the backups and the primary answers only when
+no backup is there. A query may carry ``min_seq``: the answer waits until this
+replica has applied that far (read-your-writes) or says it lags.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pika
+import pika.exceptions
+
+from broker import errors
+from broker import queries as q
+from broker.client import connect
+from broker.envelope import Envelope, open_envelope, verify
+from broker.replies import Reply
+from broker.topology import BACKUP_PRIORITY, PRIMARY_PRIORITY, Names, declare
+from catalog import Catalog
+from ledger.errors import LedgerError
+from ledger.follower import Follower
+from ledger.keys import SystemKeys
+from ledger.model import State
+
+__all__ = ["answer", "ReadServer", "CHALLENGE_TTL_MS"]
+
+log = logging.getLogger(__name__)
+CHALLENGE_TTL_MS = 120_000
+_PRIVATE_OF = {"balance": "account", "flows": "account", "sales": "account"}
+
+
+def _authorize(state: State, env: Envelope, keys: SystemKeys, account: str | None) -> None:
+    """Private reads: signed by the account's owner, or by the operator."""
+    if env.sender == "operator":
+        verify(env, keys.operator_public)
+        return
+    user = state.users.get(env.sender)
+    if user is None:
+        raise errors.UnknownUser(f"no user {env.sender!r}")
+    verify(env, bytes.fromhex(user.sign_key))
+    if account is not None and account != env.sender:
+        raise errors.NotAuthorized(f"{env.sender} may not read the account of {account}")
+
+
+def _challenge_mac(keys: SystemKeys, text: str) -> str:
+    return hmac.new(keys.challenge_secret(), text.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def answer(state: State, env: Envelope, keys: SystemKeys, catalog: Catalog, now_ms: int) -> dict[str, Any]:
+    """The result of one query against one state. Raises CommandRejected."""
+    query = env.payload
+    kind = query.type
+    if kind not in q.PUBLIC_QUERIES:
+        account = getattr(query, _PRIVATE_OF.get(kind, "_"), None)
+        _authorize(state, env, keys, account)
+    if isinstance(query, q.Balance):
+        if query.account != "owner" and query.account not in state.users:
+            raise errors.UnknownUser(f"no user {query.account!r}")
+        return {"account": query.account, "available": state.balance(query.account),
+                "held": state.holds(query.account), "seq": state.seq}
+    if isinstance(query, q.Flows):
+        flows = list(state.flows.get(query.account, []))[-query.limit:]
+        return {"account": query.account, "flows": [dataclasses.asdict(f) for f in flows], "seq": state.seq}
+    if isinstance(query, q.SaleStatus):
+        sale = state.sales.get(query.sale_id)
+        if sale is None:
+            raise errors.UnknownSale(f"no sale {query.sale_id}")
+        if env.sender not in ("operator", sale.consumer, sale.provider):
+            raise errors.NotYourSale(f"sale {query.sale_id} is between {sale.consumer} and {sale.provider}")
+        out = dataclasses.asdict(sale)
+        out.pop("sealed_key")  # the escrow blob stays inside the ledger
+        if env.sender != sale.consumer:
+            out.pop("consumer_sealed_key")
+        consumer = state.users[sale.consumer]
+        out["consumer_cert_pem"] = consumer.cert_pem
+        out["consumer_sign_key"] = consumer.sign_key
+        out["seq"] = state.seq
+        return out
+    if isinstance(query, q.Sales):
+        mine = [dataclasses.asdict(s) for s in state.sales.values() if query.account in (s.consumer, s.provider)]
+        for s in mine:
+            s.pop("sealed_key")
+            if s["consumer"] != query.account:
+                s.pop("consumer_sealed_key")
+        mine.sort(key=lambda s: s["opened_seq"])
+        return {"account": query.account, "sales": mine[-query.limit:], "seq": state.seq}
+    if isinstance(query, q.UserInfo):
+        user = state.users.get(query.login)
+        if user is None:
+            raise errors.UnknownUser(f"no user {query.login!r}")
+        return {"login": user.login, "sign_key": user.sign_key, "box_key": user.box_key, "cert_pem": user.cert_pem,
+                "strikes": user.strikes, "registered_seq": user.registered_seq}
+    if isinstance(query, q.DocumentInfo):
+        doc = state.documents.get(query.doc_id)
+        if doc is None:
+            raise errors.UnknownDocument(f"no document {query.doc_id}")
+        provider = state.users[doc.provider]
+        return {**dataclasses.asdict(doc), "provider_sign_key": provider.sign_key,
+                "provider_cert_pem": provider.cert_pem, "provider_strikes": provider.strikes, "seq": state.seq}
+    if isinstance(query, q.Search):
+        hits = catalog.search(query.text, topic=query.topic, max_price=query.max_price, limit=query.limit)
+        return {"hits": [h.as_dict() for h in hits], "seq": state.seq}
+    if isinstance(query, q.LedgerInfo):
+        return {"ledger_box_key": keys.ledger_public.hex(), "fee_bps": state.fee_bps, "seq": state.seq,
+                "epoch": state.epoch, "primary": state.primary, "owner": "owner"}
+    if isinstance(query, q.LoginChallenge):
+        user = state.users.get(query.login)
+        if user is None:
+            raise errors.UnknownUser(f"no user {query.login!r}")
+        text = f"{query.login}.{now_ms}.{secrets.token_hex(16)}"
+        return {"challenge": f"{text}.{_challenge_mac(keys, text)}", "keystore": user.keystore}
+    if isinstance(query, q.Login):
+        return _login(state, query, keys, now_ms)
+    raise errors.UnknownQuery(f"no query {kind}")
+
+
+def _login(state: State, query: q.Login, keys: SystemKeys, now_ms: int) -> dict[str, Any]:
+    user = state.users.get(query.login)
+    if user is None:
+        raise errors.UnknownUser(f"no user {query.login!r}")
+    try:
+        text, mac = query.challenge.rsplit(".", 1)
+        login, issued, _nonce = text.split(".")
+        issued_ms = int(issued)
+    except ValueError as exc:
+        raise errors.BadChallenge("challenge is not one the ledger issued") from exc
+    if login != query.login or not hmac.compare_digest(mac, _challenge_mac(keys, text)):
+        raise errors.BadChallenge("challenge is not one the ledger issued for this login")
+    if not 0 <= now_ms - issued_ms <= CHALLENGE_TTL_MS:
+        raise errors.BadChallenge("challenge expired: ask for a new one")
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(user.sign_key)).verify(
+            bytes.fromhex(query.signature), query.challenge.encode())
+    except (InvalidSignature, ValueError) as exc:
+        raise errors.BadChallenge("challenge signature does not verify with the registered key") from exc
+    return {"login": user.login, "available": state.balance(user.login), "held": state.holds(user.login)}
+
+
+class ReadServer:
+    """Consumes the reads queue; at backup priority, or primary priority while primary."""
+
+    def __init__(self, follower: Follower, url: str, names: Names, replica_id: str, keys: SystemKeys,
+                 catalog: Catalog, is_primary: Callable[[], bool]) -> None:
+        self.follower = follower
+        self.url = url
+        self.names = names
+        self.replica_id = replica_id
+        self.keys = keys
+        self.catalog = catalog
+        self.is_primary = is_primary
+        self.served = 0
+        self._role_changed = threading.Event()
+
+    def role_changed(self, _primary: bool) -> None:
+        self._role_changed.set()
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set() and self.follower.halted is None:
+            try:
+                self._serve(stop)
+            except (pika.exceptions.AMQPError, OSError, errors.BrokerError, LedgerError) as exc:
+                if stop.is_set():
+                    return
+                log.warning("read server lost the broker (%r); reconnecting", exc)
+                time.sleep(0.3)
+
+    def _serve(self, stop: threading.Event) -> None:
+        conn = connect(self.url, heartbeat=5, name=f"acb-reads-{self.replica_id}")
+        try:
+            ch = conn.channel()
+            declare(ch, self.names)
+            ch.basic_qos(prefetch_count=32)
+            while not stop.is_set() and self.follower.halted is None:
+                self._role_changed.clear()
+                priority = PRIMARY_PRIORITY if self.is_primary() else BACKUP_PRIORITY
+                for method, props, body in ch.consume(self.names.reads, arguments={"x-priority": priority},
+                                                      inactivity_timeout=0.2):
+                    if method is not None:
+                        self._handle(ch, props, body)
+                        ch.basic_ack(method.delivery_tag)
+                    if stop.is_set() or self._role_changed.is_set() or self.follower.halted is not None:
+                        break
+                ch.cancel()  # requeues what was prefetched; another replica answers it
+        finally:
+            try:
+                conn.close()
+            except (pika.exceptions.AMQPError, OSError):
+                pass
+
+    def _handle(self, ch: Any, props: Any, body: bytes) -> None:
+        ident = props.correlation_id or "unknown"
+        try:
+            env = open_envelope(body)
+            ident = env.id
+            if env.kind != "query":
+                raise errors.Malformed("a command was sent to the reads queue")
+            if env.min_seq and not self.follower.wait_seq(env.min_seq, 5.0):
+                raise errors.Lagging(f"replica {self.replica_id} is at seq {self.follower.state.seq}, "
+                                     f"asked for {env.min_seq}")
+            result = answer(self.follower.state, env, self.keys, self.catalog, int(time.time() * 1000))
+            reply = Reply(id=ident, ok=True, seq=self.follower.state.seq, result=result, served_by=self.replica_id)
+        except errors.CommandRejected as exc:
+            reply = Reply.failure(ident, exc, self.replica_id)
+        except Exception as exc:  # never let one bad query stop the reads
+            log.exception("query %s failed", ident)
+            reply = Reply.failure(ident, errors.RemoteError(f"internal error: {exc!r}", code="internal"),
+                                  self.replica_id)
+        self.served += 1
+        if props.reply_to:
+            ch.basic_publish("", props.reply_to, reply.to_bytes(),
+                             pika.BasicProperties(correlation_id=props.correlation_id))

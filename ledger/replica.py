@@ -1,0 +1,144 @@
+"""One ledger replica process: follower, command processor, read server and status, wired together.
+
+``acb ledger run`` started N times gives one primary and N-1 backups. Each
+replica publishes its status once a second, and with it a *tick* into the
+commands queue: whoever holds the queue receives the ticks, learns it is the
+primary even with no client about, and expires holds on its own clock.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+import pika.exceptions
+
+from broker.client import connect
+from broker.topology import Names, declare
+from catalog import Catalog
+from ledger.follower import Follower
+from ledger.handlers import Context
+from ledger.keys import SystemKeys
+from ledger.primary import TICK, CommandProcessor
+from ledger.reads import ReadServer
+from ledger.store import Store
+
+__all__ = ["Replica", "ReplicaConfig"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    replica_id: str
+    broker_url: str
+    store_url: str
+    names: Names
+    hold_ttl_ms: int = 15 * 60 * 1000
+    snapshot_every: int = 5000
+    status_interval: float = 1.0
+    tick_interval: float = 0.5
+    heartbeat: int = 2
+
+
+class Replica:
+    """The composition root of a ledger process."""
+
+    def __init__(self, config: ReplicaConfig, keys: SystemKeys) -> None:
+        self.config = config
+        self.keys = keys
+        self.store = Store(config.store_url)
+        self.catalog = Catalog()
+        self.follower = Follower(self.store, config.broker_url, config.names, config.replica_id,
+                                 snapshot_every=config.snapshot_every)
+        self.follower.listeners.append(self.catalog.on_rows)
+        self.commands = CommandProcessor(self.follower, config.broker_url, config.names, config.replica_id,
+                                         self._context, heartbeat=config.heartbeat)
+        self.reads = ReadServer(self.follower, config.broker_url, config.names, config.replica_id, keys,
+                                self.catalog, lambda: self.commands.is_primary)
+        self.commands.on_role_change = self.reads.role_changed
+        self.stop_event = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._started = time.monotonic()
+
+    def _context(self) -> Context:
+        return Context(operator_key=self.keys.operator_public, ledger_key=self.keys.ledger_key,
+                       now_ms=int(time.time() * 1000), hold_ttl_ms=self.config.hold_ttl_ms)
+
+    def start(self) -> None:
+        state = self.follower.recover()
+        self.catalog.rebuild(state.documents)
+        log.info("replica %s recovered seq %d from %s", self.config.replica_id, state.seq, self.store.safe_url)
+        for name, target in (("follower", self.follower.run), ("commands", self.commands.run),
+                             ("reads", self.reads.run), ("status", self._status_loop)):
+            t = threading.Thread(target=target, args=(self.stop_event,), name=f"{self.config.replica_id}-{name}",
+                                 daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.stop_event.set()
+        for t in self._threads:
+            t.join(timeout)
+        self.store.close()
+
+    def run_forever(self) -> int:
+        """Run until SIGTERM/SIGINT; exit code 3 if the replica halted on a broken log."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop_event.set())
+        self.start()
+        while not self.stop_event.wait(0.5):
+            if self.follower.halted is not None:
+                break
+        halted = self.follower.halted
+        self.stop()
+        return 3 if halted else 0
+
+    # -- status ------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        st = self.follower.state
+        role = "halted" if self.follower.halted else ("primary" if self.commands.is_primary else "backup")
+        return {
+            "type": "replica_status", "replica": self.config.replica_id, "role": role, "epoch": st.epoch,
+            "primary": st.primary, "seq": st.seq, "head_hash": st.head_hash, "applied_events": self.follower.applied_events,
+            "commands_handled": self.commands.commands_handled, "reads_served": self.reads.served,
+            "store": self.store.safe_url, "host": socket.gethostname(), "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self._started, 1), "halted": self.follower.halted,
+            "at_ms": int(time.time() * 1000),
+        }
+
+    def _status_loop(self, stop: threading.Event) -> None:
+        last_status = 0.0
+        last_counts = (0, 0.0)
+        while not stop.is_set():
+            try:
+                conn = connect(self.config.broker_url, heartbeat=5, name=f"acb-status-{self.config.replica_id}")
+                ch = conn.channel()
+                declare(ch, self.config.names)
+                while not stop.is_set():
+                    now = time.monotonic()
+                    if self.follower.halted is None:
+                        # Ticks only matter to whoever holds the commands queue; stale ones vanish.
+                        ch.basic_publish(self.config.names.commands, "command", b"{}", pika.BasicProperties(
+                            type=TICK, expiration=str(int(self.config.tick_interval * 3000))))
+                    if now - last_status >= self.config.status_interval:
+                        status = self.status()
+                        handled, then = last_counts
+                        status["commands_per_s"] = round((status["commands_handled"] - handled) / max(now - then, 1e-3), 1)
+                        last_counts = (status["commands_handled"], now)
+                        ch.basic_publish(self.config.names.status, "", json.dumps(status).encode())
+                        last_status = now
+                    conn.process_data_events(time_limit=self.config.tick_interval)
+                conn.close()
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                if stop.is_set():
+                    return
+                log.warning("status publisher lost the broker (%r); reconnecting", exc)
+                time.sleep(0.5)

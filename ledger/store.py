@@ -1,0 +1,216 @@
+"""The event store: the log as rows, with the replica's bookkeeping beside it.
+
+One neutral row per event (seq, epoch, time, command id, type, version,
+payload bytes, reply, previous hash, hash), so event shapes evolve by
+upcasters and the schema only by alembic migrations (``migrations/``).
+SQLite by default (one file per replica), PostgreSQL when the URL says so.
+What a replica has applied and how far it has read the broker's log are
+written in the same transaction, so a crash neither skips nor repeats.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy.exc import SQLAlchemyError
+
+from broker.codec import canonical
+from ledger.errors import StoreError
+
+__all__ = ["Store", "Row", "default_store_url", "migrate", "EVENTS", "META", "SNAPSHOTS"]
+
+_metadata = sa.MetaData()
+EVENTS = sa.Table(
+    "events", _metadata,
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("epoch", sa.Integer, nullable=False),
+    sa.Column("at_ms", sa.BigInteger, nullable=False),
+    sa.Column("command_id", sa.String(80)),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("reply", sa.LargeBinary),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+META = sa.Table(
+    "replica_meta", _metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+SNAPSHOTS = sa.Table(
+    "snapshots", _metadata,
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("state_hash", sa.String(64), nullable=False),
+    sa.Column("stream_offset", sa.BigInteger, nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+)
+
+
+def default_store_url(name: str = "ledger") -> str:
+    """``ACB_STORE_URL``, else a SQLite file under ``ACB_HOME`` (default ``~/.acb``)."""
+    url = os.environ.get("ACB_STORE_URL")
+    if url:
+        return url
+    home = Path(os.environ.get("ACB_HOME", Path.home() / ".acb"))
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / (name + '.db')}"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One stored event, as bytes and scalars."""
+
+    seq: int
+    epoch: int
+    at_ms: int
+    command_id: str | None
+    type: str
+    version: int
+    payload: dict[str, Any]
+    reply: dict[str, Any] | None
+    prev_hash: str
+    hash: str
+
+
+def _engine(url: str) -> sa.Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa_event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def migrate(engine: sa.Engine) -> None:
+    """Bring the schema to the newest alembic revision."""
+    from alembic import command
+    from alembic.config import Config
+
+    here = Path(__file__).resolve().parent.parent / "migrations"
+    if not here.exists():  # installed as a package rather than from the repository
+        import migrations as pkg
+
+        here = Path(pkg.__file__).parent
+    cfg = Config(str(here / "alembic.ini"))
+    cfg.set_main_option("script_location", str(here))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+class Store:
+    """A replica's event store."""
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        self.url = url
+        try:
+            self.engine = _engine(url)
+            if create:
+                migrate(self.engine)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open store {self.safe_url}: {exc}") from exc
+
+    @property
+    def safe_url(self) -> str:
+        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- writing ---------------------------------------------------------------------------------
+    def append(self, rows: Sequence[Row], meta: dict[str, str] | None = None) -> None:
+        """Append rows and update bookkeeping in one transaction."""
+        try:
+            with self.engine.begin() as conn:
+                if rows:
+                    conn.execute(EVENTS.insert(), [_to_db(r) for r in rows])
+                for key, value in (meta or {}).items():
+                    _upsert_meta(conn, key, value)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"append to {self.safe_url} failed: {exc}") from exc
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.append([], {key: value})
+
+    def save_snapshot(self, seq: int, state_hash: str, stream_offset: int, state: dict[str, Any], now_ms: int) -> None:
+        blob = zlib.compress(canonical(state), 3)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(SNAPSHOTS.delete().where(SNAPSHOTS.c.seq == seq))
+                conn.execute(SNAPSHOTS.insert().values(seq=seq, state_hash=state_hash, stream_offset=stream_offset,
+                                                       payload=blob, created_ms=now_ms))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"snapshot to {self.safe_url} failed: {exc}") from exc
+
+    # -- reading ---------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(META.c.value).where(META.c.key == key)).scalar()
+
+    def head(self) -> tuple[int, str | None]:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(EVENTS.c.seq, EVENTS.c.hash).order_by(EVENTS.c.seq.desc()).limit(1)).first()
+        return (row[0], row[1]) if row else (0, None)
+
+    def rows(self, after: int = 0, upto: int | None = None, batch: int = 5000) -> Iterator[Row]:
+        """Stored events with ``after < seq <= upto``, in order, fetched in batches."""
+        last = after
+        while True:
+            query = sa.select(EVENTS).where(EVENTS.c.seq > last).order_by(EVENTS.c.seq).limit(batch)
+            if upto is not None:
+                query = query.where(EVENTS.c.seq <= upto)
+            with self.engine.connect() as conn:
+                got = conn.execute(query).all()
+            for r in got:
+                yield _from_db(r)
+            if len(got) < batch:
+                return
+            last = got[-1].seq
+
+    def latest_snapshot(self, at_most: int | None = None) -> tuple[int, str, int, dict[str, Any]] | None:
+        """``(seq, state_hash, stream_offset, state_dict)`` of the newest snapshot, if any."""
+        query = sa.select(SNAPSHOTS).order_by(SNAPSHOTS.c.seq.desc()).limit(1)
+        if at_most is not None:
+            query = query.where(SNAPSHOTS.c.seq <= at_most)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        return row.seq, row.state_hash, row.stream_offset, json.loads(zlib.decompress(row.payload))
+
+
+def _upsert_meta(conn: sa.Connection, key: str, value: str) -> None:
+    updated = conn.execute(META.update().where(META.c.key == key).values(value=value)).rowcount
+    if not updated:
+        conn.execute(META.insert().values(key=key, value=value))
+
+
+def _to_db(r: Row) -> dict[str, Any]:
+    return {
+        "seq": r.seq, "epoch": r.epoch, "at_ms": r.at_ms, "command_id": r.command_id, "type": r.type,
+        "version": r.version, "payload": canonical(r.payload), "reply": canonical(r.reply) if r.reply is not None else None,
+        "prev_hash": r.prev_hash, "hash": r.hash,
+    }
+
+
+def _from_db(r: Any) -> Row:
+    return Row(
+        seq=r.seq, epoch=r.epoch, at_ms=r.at_ms, command_id=r.command_id, type=r.type, version=r.version,
+        payload=json.loads(r.payload), reply=json.loads(r.reply) if r.reply is not None else None,
+        prev_hash=r.prev_hash, hash=r.hash,
+    )
