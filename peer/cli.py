@@ -1,0 +1,440 @@
+"""``acb``: the command line of ACB.
+
+Every subcommand prints for a person by default; read commands take
+``--json``. An error prints one line on stderr and exits non-zero.
+"""
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from broker import commands as c
+from broker.client import BrokerClient
+from broker.errors import BrokerError, CommandRejected
+from ledger.money import format_minor, parse_minor
+from peer.client import Client
+from peer.config import Settings
+from peer.errors import NotLoggedIn, PeerError
+from peer.identity import Profile
+
+__all__ = ["main", "build_parser"]
+
+
+class CliError(Exception):
+    """A one-line error for the user."""
+
+
+def _out(args: argparse.Namespace, data: Any, text: Callable[[], None]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, sort_keys=True))
+    else:
+        text()
+
+
+def _amount(text: str) -> int:
+    try:
+        return parse_minor(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _password(prompt: str, *, confirm: bool = False) -> str:
+    env = os.environ.get("ACB_PASSWORD")
+    if env:
+        return env
+    if not sys.stdin.isatty():
+        line = sys.stdin.readline().rstrip("\n")
+        if line:
+            return line
+        raise CliError("no password: type it at the prompt, pipe it on stdin, or set ACB_PASSWORD")
+    pw = getpass.getpass(prompt)
+    if confirm and getpass.getpass("again: ") != pw:
+        raise CliError("the two passwords differ")
+    return pw
+
+
+def _waiter() -> Callable[[float], None]:
+    shown = [False]
+
+    def on_wait(elapsed: float) -> None:
+        # A failover costs a short pause: say so instead of failing.
+        if elapsed > 1.0:
+            print(f"\r  waiting for the ledger ({elapsed:4.1f} s)…", end="", file=sys.stderr, flush=True)
+            shown[0] = True
+
+    return on_wait
+
+
+def _client(settings: Settings, *, login: str | None = None, need_login: bool = True) -> Client:
+    broker = BrokerClient(settings.broker_url, settings.names)
+    login = login or os.environ.get("ACB_USER") or Profile.current(settings.home)
+    identity = Profile(settings.home, login).session() if login else None
+    if need_login and identity is None:
+        raise NotLoggedIn("not logged in: run `acb register LOGIN` or `acb login LOGIN` first")
+    return Client(broker, settings.home, identity, on_wait=_waiter())
+
+
+# -- user commands ---------------------------------------------------------------------------------
+
+def cmd_register(args: argparse.Namespace, s: Settings) -> int:
+    client = _client(s, need_login=False)
+    client.register(args.login, _password(f"password for {args.login}: ", confirm=True))
+    _out(args, {"login": args.login, "seq": client.last_seq},
+         lambda: print(f"registered {args.login}; keys kept in {Profile(s.home, args.login).dir} and you are logged in"))
+    return 0
+
+
+def cmd_login(args: argparse.Namespace, s: Settings) -> int:
+    client = _client(s, need_login=False)
+    result = client.login(args.login, _password(f"password for {args.login}: "))
+    _out(args, result, lambda: print(f"logged in as {args.login}; available {format_minor(result['available'])}"))
+    return 0
+
+
+def cmd_logout(args: argparse.Namespace, s: Settings) -> int:
+    login = Profile.current(s.home)
+    if login:
+        Profile(s.home, login).end_session()
+        (s.home / "current").unlink(missing_ok=True)
+    print(f"logged out{' ' + login if login else ''}")
+    return 0
+
+
+def cmd_whoami(args: argparse.Namespace, s: Settings) -> int:
+    login = Profile.current(s.home)
+    _out(args, {"login": login}, lambda: print(login or "not logged in"))
+    return 0 if login else 1
+
+
+def cmd_share(args: argparse.Namespace, s: Settings) -> int:
+    client = _client(s)
+    endpoint = args.endpoint or os.environ.get("ACB_ENDPOINT") or "127.0.0.1:7700"
+    res = client.share(Path(args.file), price=args.price, topic=args.topic, title=args.title,
+                       description=args.description, endpoint=endpoint, doc_id=args.doc_id)
+    _out(args, res, lambda: print(f"shared {args.file} as {res['doc_id']} at {format_minor(args.price)} "
+                                  f"({res['size']} bytes, sha256 {res['sha256'][:16]}…); serve it with `acb serve`"))
+    return 0
+
+
+def cmd_unshare(args: argparse.Namespace, s: Settings) -> int:
+    _client(s).unpublish(args.doc_id)
+    print(f"{args.doc_id} is no longer offered")
+    return 0
+
+
+def cmd_price(args: argparse.Namespace, s: Settings) -> int:
+    _client(s).change_price(args.doc_id, args.price)
+    print(f"{args.doc_id} now costs {format_minor(args.price)}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace, s: Settings) -> int:
+    hits = _client(s, need_login=False).search(" ".join(args.text), topic=args.topic, max_price=args.max_price,
+                                               limit=args.limit)
+
+    def text() -> None:
+        if not hits:
+            print("no documents found")
+            return
+        print(f"{'DOC ID':<18} {'PRICE':>9}  {'SIZE':>10}  {'PROVIDER':<12} {'TOPIC':<14} TITLE")
+        for h in hits:
+            print(f"{h['doc_id']:<18} {format_minor(h['price']):>9}  {h['size']:>10}  {h['provider']:<12} "
+                  f"{h['topic'][:14]:<14} {h['title']}")
+
+    _out(args, {"hits": hits}, text)
+    return 0
+
+
+def cmd_buy(args: argparse.Namespace, s: Settings) -> int:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    client = _client(s)
+    doc = client.document(args.doc_id)
+    out = Path(args.out) if args.out else Path.cwd() / _safe_name(doc["title"], args.doc_id)
+    quiet = args.json
+    steps: list[str] = []
+
+    def step(msg: str) -> None:
+        steps.append(msg)
+        if not quiet:
+            print(f"  {msg}", file=sys.stderr)
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  disable=quiet, transient=False, console=None) as bar:
+        task = bar.add_task(f"{doc['title'][:30]}", total=doc["size"])
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        result = client.buy(args.doc_id, out, progress=progress, on_step=step)
+    data = {"doc_id": result.doc_id, "sale_id": result.sale_id, "path": str(result.path) if result.path else None,
+            "price": result.price, "fee": result.fee, "verified": result.verified, "dispute": result.dispute}
+    _out(args, data, lambda: print(
+        f"bought {doc['title']} for {format_minor(result.price)}: {result.path}" if result.verified else
+        f"content did not verify; dispute filed: {result.dispute}"))
+    return 0 if result.verified else 4
+
+
+def _safe_name(title: str, doc_id: str) -> str:
+    name = "".join(ch if ch.isalnum() or ch in "._- " else "_" for ch in title).strip() or doc_id
+    return name[:80]
+
+
+def cmd_balance(args: argparse.Namespace, s: Settings) -> int:
+    b = _client(s).balance()
+    _out(args, b, lambda: print(f"{b['account']}: available {format_minor(b['available'])}, "
+                                f"held for open purchases {format_minor(b['held'])}"))
+    return 0
+
+
+def cmd_flows(args: argparse.Namespace, s: Settings) -> int:
+    flows = _client(s).flows(limit=args.limit)
+
+    def text() -> None:
+        if not flows:
+            print("no cash flows yet")
+        for f in flows:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(f["at_ms"] / 1000))
+            print(f"{when}  {f['kind']:<18} {format_minor(f['amount']):>10}  {f['counterparty']:<12} "
+                  f"{f['doc_id'] or ''} {f['memo']}")
+
+    _out(args, {"flows": flows}, text)
+    return 0
+
+
+def cmd_sales(args: argparse.Namespace, s: Settings) -> int:
+    sales = _client(s).sales()
+
+    def text() -> None:
+        for x in sales:
+            print(f"{x['sale_id']:<24} {x['status']:<9} {x['doc_id']:<18} {x['consumer']:>10} -> {x['provider']:<10} "
+                  f"{format_minor(x['price']):>9}")
+        if not sales:
+            print("no sales yet")
+
+    _out(args, {"sales": sales}, text)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, s: Settings) -> int:
+    res = _client(s).cancel(args.sale_id)
+    print(f"sale {args.sale_id} voided; {format_minor(res['released'])} released")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, s: Settings) -> int:
+    from peer.serve import ProviderService
+
+    client = _client(s)
+    host, port = (args.listen or os.environ.get("ACB_ENDPOINT") or "127.0.0.1:7700").rsplit(":", 1)
+    assert client.identity is not None
+    service = ProviderService(client, client.identity, host=host, port=int(port),
+                              rate_limit_bps=int(args.rate_limit * 1e6) if args.rate_limit else None)
+    bound = service.start()
+    print(f"serving the shares of {client.identity.login} on {host}:{bound} (Ctrl-C to stop)", flush=True)
+    import signal
+
+    stop = [False]
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__(0, True))
+    try:
+        while not stop[0]:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    service.stop()
+    return 0
+
+
+# -- operator and system ---------------------------------------------------------------------------
+
+def cmd_init(args: argparse.Namespace, s: Settings) -> int:
+    from ledger.keys import init_system
+
+    d, created = init_system(s.home)
+    print(f"system keys {'created' if created else 'already present'} in {d}")
+    return 0
+
+
+def _operator_client(s: Settings) -> tuple[Client, Any]:
+    from ledger.keys import load_operator_key
+
+    return Client(BrokerClient(s.broker_url, s.names), s.home, on_wait=_waiter()), load_operator_key(s.home)
+
+
+def cmd_deposit(args: argparse.Namespace, s: Settings) -> int:
+    client, key = _operator_client(s)
+    reply = client.send(c.Deposit(account=args.login, amount=args.amount, memo=args.memo), sender=c.OPERATOR, key=key)
+    _out(args, reply.result, lambda: print(f"credited {args.login} {format_minor(args.amount)}; "
+                                           f"balance {format_minor(reply.result['balance'])}"))
+    return 0
+
+
+def cmd_fee(args: argparse.Namespace, s: Settings) -> int:
+    client, key = _operator_client(s)
+    client.send(c.SetFee(bps=args.bps), sender=c.OPERATOR, key=key)
+    print(f"commission set to {args.bps} basis points ({args.bps / 100:.2f}%)")
+    return 0
+
+
+def cmd_operator_balance(args: argparse.Namespace, s: Settings) -> int:
+    from broker import queries as q
+
+    client, key = _operator_client(s)
+    b = client.ask(q.Balance(account=args.account), sender=c.OPERATOR, key=key)
+    _out(args, b, lambda: print(f"{b['account']}: available {format_minor(b['available'])}, held {format_minor(b['held'])}"))
+    return 0
+
+
+def cmd_ledger_run(args: argparse.Namespace, s: Settings) -> int:
+    from ledger.cli import run_replica
+
+    return run_replica(args, s)
+
+
+def cmd_status(args: argparse.Namespace, s: Settings) -> int:
+    from console.cli import status
+
+    return status(args, s)
+
+
+def cmd_demo(args: argparse.Namespace, s: Settings) -> int:
+    from peer.demo import run_demo
+
+    return run_demo(args, s)
+
+
+def cmd_bench(args: argparse.Namespace, s: Settings) -> int:
+    if args.what == "transfer":
+        from bench.transfer import main as bench_main
+
+        argv = ["--size", args.size] + (["--json"] if args.json else [])
+        return bench_main(argv) or 0
+    raise CliError(f"no benchmark {args.what!r}")
+
+
+# -- parser ----------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="acb", description="ACB: share documents, get paid, pay for what you download.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what happens underneath")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable[..., int], help: str, *, json_flag: bool = False) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help="print one JSON object")
+        return sp
+
+    sp = add("register", cmd_register, "create an account (keys are made here; the password never leaves)", json_flag=True)
+    sp.add_argument("login")
+    sp = add("login", cmd_login, "unlock your keys and prove them to the ledger", json_flag=True)
+    sp.add_argument("login")
+    add("logout", cmd_logout, "forget the unlocked keys on this machine")
+    add("whoami", cmd_whoami, "who is logged in here", json_flag=True)
+
+    sp = add("share", cmd_share, "publish a file at a price (amounts like 12.50)", json_flag=True)
+    sp.add_argument("file")
+    sp.add_argument("--price", type=_amount, required=True)
+    sp.add_argument("--topic", required=True)
+    sp.add_argument("--title", required=True)
+    sp.add_argument("--description", default="")
+    sp.add_argument("--endpoint", help="host:port where `acb serve` listens (default $ACB_ENDPOINT or 127.0.0.1:7700)")
+    sp.add_argument("--doc-id", dest="doc_id")
+    sp = add("unshare", cmd_unshare, "stop offering a document")
+    sp.add_argument("doc_id")
+    sp = add("price", cmd_price, "change the price of a document")
+    sp.add_argument("doc_id")
+    sp.add_argument("price", type=_amount)
+    sp = add("search", cmd_search, "find documents: who has them, at what price", json_flag=True)
+    sp.add_argument("text", nargs="*")
+    sp.add_argument("--topic")
+    sp.add_argument("--max-price", type=_amount, dest="max_price")
+    sp.add_argument("--limit", type=int, default=50)
+    sp = add("buy", cmd_buy, "download a document from its provider, pay, decrypt and verify it", json_flag=True)
+    sp.add_argument("doc_id")
+    sp.add_argument("--out", help="where to write the document (default: its title in the current folder)")
+    add("balance", cmd_balance, "your available and held money", json_flag=True)
+    sp = add("flows", cmd_flows, "your cash-flow history", json_flag=True)
+    sp.add_argument("--limit", type=int, default=100)
+    add("sales", cmd_sales, "sales you took part in", json_flag=True)
+    sp = add("cancel", cmd_cancel, "void an open sale; the held money comes back")
+    sp.add_argument("sale_id")
+    sp = add("serve", cmd_serve, "serve your shared files to buyers over TLS")
+    sp.add_argument("--listen", help="host:port (default $ACB_ENDPOINT or 127.0.0.1:7700)")
+    sp.add_argument("--rate-limit", type=float, help="MB/s for all uploads together")
+
+    add("init", cmd_init, "create the operator and ledger keys (once per installation)")
+    sp = add("operator", lambda a, s: a.op_fn(a, s), "operator commands")
+    osub = sp.add_subparsers(dest="op", required=True, metavar="OP")
+    dp = osub.add_parser("deposit", help="credit an account")
+    dp.set_defaults(op_fn=cmd_deposit)
+    dp.add_argument("login")
+    dp.add_argument("amount", type=_amount)
+    dp.add_argument("--memo", default="")
+    dp.add_argument("--json", action="store_true")
+    fp = osub.add_parser("fee", help="set the commission in basis points (100 = 1%%)")
+    fp.set_defaults(op_fn=cmd_fee)
+    fp.add_argument("bps", type=int)
+    bp = osub.add_parser("balance", help="any account's balance (owner: the commission account)")
+    bp.set_defaults(op_fn=cmd_operator_balance)
+    bp.add_argument("account")
+    bp.add_argument("--json", action="store_true")
+
+    sp = add("ledger", lambda a, s: a.ledger_fn(a, s), "run and inspect ledger replicas")
+    lsub = sp.add_subparsers(dest="ledger_cmd", required=True, metavar="CMD")
+    rp = lsub.add_parser("run", help="run a ledger replica (start N of them: one primary, N-1 backups)")
+    rp.set_defaults(ledger_fn=cmd_ledger_run)
+    rp.add_argument("--replica-id", dest="replica_id")
+    rp.add_argument("--store", help="store URL (default $ACB_STORE_URL or a SQLite file under $ACB_HOME)")
+    rp.add_argument("--hold-ttl", type=float, default=900.0, dest="hold_ttl", help="seconds an open sale may wait")
+    rp.add_argument("--snapshot-every", type=int, default=5000, dest="snapshot_every")
+
+    sp = add("status", cmd_status, "the replicas: role, epoch, applied sequence, lag", json_flag=True)
+    sp.add_argument("--wait", type=float, default=2.5, help="seconds to listen for status messages")
+
+    sp = add("demo", cmd_demo, "run a whole paid download end to end on this machine", json_flag=True)
+    sp.add_argument("--keep", action="store_true", help="keep the demo's files and broker objects")
+
+    sp = add("bench", cmd_bench, "benchmarks", json_flag=True)
+    sp.add_argument("what", choices=["transfer"])
+    sp.add_argument("--size", default="1GiB")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not args.verbose:
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
+    settings = Settings.from_env()
+    try:
+        return int(args.fn(args, settings) or 0)
+    except CommandRejected as exc:
+        print(f"\nacb: refused: {exc}", file=sys.stderr)
+        return 2
+    except (BrokerError, PeerError, CliError) as exc:
+        print(f"\nacb: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # transfer and content errors carry their own clear messages
+        from broker.content import ContentError
+        from ledger.errors import LedgerError
+        from peer.transfer.errors import TransferError
+
+        if isinstance(exc, (TransferError, ContentError, LedgerError)):
+            print(f"\nacb: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
