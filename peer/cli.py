@@ -322,6 +322,16 @@ def cmd_bench(args: argparse.Namespace, s: Settings) -> int:
 
 # -- parser ----------------------------------------------------------------------------------------
 
+def _lazy(module: str, name: str) -> Callable[[argparse.Namespace, Settings], int]:
+    """A handler imported only when its command runs (keeps `acb --help` fast)."""
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        import importlib
+
+        return int(getattr(importlib.import_module(module), name)(args, settings))
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="acb", description="ACB: share documents, get paid, pay for what you download.")
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens underneath")
@@ -397,6 +407,20 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--store", help="store URL (default $ACB_STORE_URL or a SQLite file under $ACB_HOME)")
     rp.add_argument("--hold-ttl", type=float, default=900.0, dest="hold_ttl", help="seconds an open sale may wait")
     rp.add_argument("--snapshot-every", type=int, default=5000, dest="snapshot_every")
+
+    sp = add("audit", lambda a, s: a.audit_fn(a, s), "replay a store's log and check it (for audits)")
+    asub = sp.add_subparsers(dest="audit_cmd", required=True, metavar="CMD")
+    vp = asub.add_parser("verify", help="replay from zero: hash chain, money conserved, holds, key releases")
+    vp.set_defaults(audit_fn=_lazy("ledger.cli", "audit_verify"))
+    vp.add_argument("--store", required=True)
+    vp.add_argument("--from-snapshot", action="store_true", dest="from_snapshot")
+    vp.add_argument("--json", action="store_true")
+    bp2 = asub.add_parser("balance", help="an account's balance as it was after a given event")
+    bp2.set_defaults(audit_fn=_lazy("ledger.cli", "audit_balance"))
+    bp2.add_argument("user")
+    bp2.add_argument("--at", type=int, required=True)
+    bp2.add_argument("--store", required=True)
+    bp2.add_argument("--json", action="store_true")
 
     sp = add("status", cmd_status, "the replicas: role, epoch, applied sequence, lag", json_flag=True)
     sp.add_argument("--wait", type=float, default=2.5, help="seconds to listen for status messages")
