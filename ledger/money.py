@@ -16,7 +16,7 @@ MAX_FEE_BPS = 10_000
 
 def fee(price: int, bps: int) -> int:
     """The commission on ``price`` at ``bps`` basis points, rounded half up."""
-    if not isinstance(price, int) or not isinstance(bps, int) or isinstance(price, bool):
+    if not isinstance(price, int) or not isinstance(bps, int) or isinstance(price, bool) or isinstance(bps, bool):
         raise TypeError("price and bps are integers of minor units / basis points")
     if price < 0 or not 0 <= bps <= MAX_FEE_BPS:
         raise ValueError(f"price must be >= 0 and bps within 0..{MAX_FEE_BPS}")
