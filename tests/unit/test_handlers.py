@@ -1,0 +1,370 @@
+"""Deciding commands: what each one causes, and every refusal, with no broker and no database."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from pydantic import BaseModel
+
+from broker import commands as c
+from broker import content, errors
+from broker.codec import b64d
+from broker.sealing import SealError, escrow_info, open_sealed, release_info
+from ledger.handlers import expire_holds
+from ledger.model import OPEN, REFUNDED, SETTLED, VOIDED, invariant_violations, state_hash
+from tests.conftest import Book, Member
+
+
+def refused(book: Book, payload: BaseModel, sender: str, code: str, match: str | None = None, **kw: Any) -> str:
+    """Submit a command that must be refused: the code is right and nothing at all changed."""
+    before, digest, rows = book.state, state_hash(book.state), len(book.rows)
+    with pytest.raises(errors.CommandRejected) as info:
+        book.submit(payload, sender, **kw)
+    assert info.value.code == code, str(info.value)
+    assert type(info.value) is errors.CODES[code]
+    if match is not None:
+        assert match in info.value.message
+    assert book.state is before
+    assert state_hash(book.state) == digest
+    assert len(book.rows) == rows
+    return info.value.message
+
+
+def open_and_escrow(book: Book, sale_id: str = "s-1", consumer: str = "bob") -> bytes:
+    book.open_sale(consumer, sale_id, "doc-1")
+    return book.escrow(sale_id)
+
+
+# -- what commands cause ---------------------------------------------------------------------------
+
+def test_register_creates_the_user_with_its_keys(book: Book) -> None:
+    member = book.register("alice")
+    user = book.state.users["alice"]
+    assert (user.sign_key, user.box_key, user.cert_pem) == (member.sign_public, member.box_public, member.cert_pem)
+    assert book.state.balance("alice") == 0
+    assert book.state.commands[book.rows[-1].command_id]["result"] == {"login": "alice"}
+
+
+def test_operator_deposit_credits_the_account(market: Book) -> None:
+    decision = market.deposit("bob", 250)
+    assert decision.result == {"account": "bob", "balance": 5250}
+    assert market.state.balance("bob") == 5250
+    assert market.state.deposited == 5300 + 250
+
+
+def test_publish_records_the_document_for_its_provider(market: Book) -> None:
+    doc = market.state.documents["doc-1"]
+    assert (doc.provider, doc.price, doc.published, doc.topic) == ("alice", 1000, True, "physics")
+
+
+def test_opening_a_sale_holds_the_price_and_fixes_the_fee(market: Book) -> None:
+    decision = market.open_sale("bob", "s-1", "doc-1")
+    assert decision.result == {"sale_id": "s-1", "price": 1000, "fee": 10, "deadline_ms": market.now_ms + 60_000}
+    assert (market.state.balance("bob"), market.state.holds("bob")) == (4000, 1000)
+    market.submit(c.SetFee(bps=500), c.OPERATOR)
+    key = market.escrow("s-1")
+    market.settle("bob", "s-1")
+    # The rate of the moment the sale opened applies, not the one of settlement.
+    assert market.state.balance("owner") == 10
+    assert market.state.balance("alice") == 990
+    assert key == market.sale_keys["s-1"]
+
+
+def test_escrow_records_the_commitment_and_is_idempotent(market: Book) -> None:
+    market.open_sale("bob", "s-1", "doc-1")
+    key = market.escrow("s-1")
+    sale = market.state.sales["s-1"]
+    assert sale.key_commitment == content.key_commitment("s-1", key)
+    rows = len(market.rows)
+    again = market.submit(market.escrow_command("s-1", key), "alice")
+    assert again.events == [] and len(market.rows) == rows
+
+
+def test_settle_pays_everyone_and_releases_the_key_to_the_consumer_only(market: Book) -> None:
+    key = open_and_escrow(market)
+    decision = market.settle("bob", "s-1")
+    assert decision.result["price"] == 1000
+    assert decision.result["fee"] == 10
+    assert decision.result["provider_amount"] == 990
+    state = market.state
+    assert (state.balance("bob"), state.holds("bob")) == (4000, 0)
+    assert state.balance("alice") == 990
+    assert state.balance("owner") == 10
+    assert state.sales["s-1"].status == SETTLED
+    sealed = b64d(decision.result["consumer_sealed_key"])
+    assert state.sales["s-1"].consumer_sealed_key == decision.result["consumer_sealed_key"]
+    assert open_sealed(market.members["bob"].box, sealed, release_info("s-1")) == key
+    with pytest.raises(SealError):
+        open_sealed(market.members["carol"].box, sealed, release_info("s-1"))
+    with pytest.raises(SealError):
+        open_sealed(market.members["bob"].box, sealed, release_info("s-2"))
+    assert invariant_violations(state) == []
+
+
+@pytest.mark.parametrize("who", ["bob", "alice", c.OPERATOR])
+def test_void_releases_the_hold(market: Book, who: str) -> None:
+    market.open_sale("bob", "s-1", "doc-1")
+    decision = market.submit(c.VoidSale(sale_id="s-1", reason="changed my mind"), who)
+    assert decision.result == {"sale_id": "s-1", "released": 1000}
+    assert (market.state.balance("bob"), market.state.holds("bob")) == (5000, 0)
+    assert market.state.sales["s-1"].status == VOIDED
+    assert market.state.sales["s-1"].reason == f"changed my mind by {who}"
+
+
+def test_holds_expire_at_their_deadline(market: Book) -> None:
+    market.open_sale("bob", "s-1", "doc-1")
+    deadline = market.state.sales["s-1"].deadline_ms
+    assert expire_holds(market.state, deadline - 1) == []
+    market.now_ms = deadline
+    [void] = market.tick()
+    assert (void.sale_id, void.reason) == ("s-1", "expired")
+    assert market.state.sales["s-1"].status == VOIDED
+    assert market.state.balance("bob") == 5000
+    assert market.tick() == []  # a voided sale does not expire again
+
+
+def test_a_dispute_the_provider_loses_refunds_the_consumer(market: Book) -> None:
+    open_and_escrow(market)
+    market.settle("bob", "s-1")
+    decision = market.submit(market.evidence("s-1", 1, cheat=True), "bob")
+    assert decision.result["provider_cheated"] is True
+    assert decision.result["refund"] == 1000 and decision.result["penalty"] == 0
+    assert "not in the published document" in decision.result["reason"]
+    state = market.state
+    assert state.balance("bob") == 5000
+    assert state.balance("alice") == 0
+    assert state.balance("owner") == 0
+    assert state.users["alice"].strikes == 1
+    assert state.sales["s-1"].status == REFUNDED
+    assert invariant_violations(state) == []
+
+
+def test_a_dispute_over_genuine_content_costs_a_penalty(market: Book) -> None:
+    open_and_escrow(market)
+    market.settle("bob", "s-1")
+    decision = market.submit(market.evidence("s-1", 2, cheat=False), "bob")
+    assert decision.result["provider_cheated"] is False
+    assert decision.result["refund"] == 0 and decision.result["penalty"] == 10
+    state = market.state
+    assert state.balance("bob") == 3990
+    assert state.balance("owner") == 20
+    assert state.balance("alice") == 990
+    assert state.users["alice"].strikes == 0
+    assert state.sales["s-1"].status == SETTLED and state.sales["s-1"].disputed
+    assert invariant_violations(state) == []
+    # One dispute per sale.
+    refused(market, market.evidence("s-1", 0, cheat=True), "bob", "sale_closed", "already disputed")
+
+
+def test_the_penalty_never_exceeds_what_the_consumer_has(market: Book) -> None:
+    market.publish("alice", "doc-2", price=300)
+    market.open_sale("carol", "s-2", "doc-2")
+    market.escrow("s-2")
+    market.settle("carol", "s-2")
+    assert market.state.balance("carol") == 0
+    decision = market.submit(market.evidence("s-2", 0, cheat=False), "carol")
+    assert decision.result["penalty"] == 0
+    assert market.state.balance("carol") == 0
+
+
+def test_an_open_sale_cannot_be_disputed(market: Book) -> None:
+    open_and_escrow(market)
+    refused(market, market.evidence("s-1", 0, cheat=True), "bob", "sale_closed", "only a settled sale")
+
+
+def test_dispute_evidence_must_name_its_segment(market: Book) -> None:
+    open_and_escrow(market)
+    market.settle("bob", "s-1")
+    evidence = market.evidence("s-1", 1, cheat=True).model_copy(update={"index": 0})
+    refused(market, evidence, "bob", "malformed", "names segment 0")
+
+
+# -- refusals --------------------------------------------------------------------------------------
+
+def test_bad_signature_wrong_key(market: Book) -> None:
+    refused(market, c.Deposit(account="bob", amount=10), c.OPERATOR, "bad_signature",
+            key=Ed25519PrivateKey.generate())
+    refused(market, c.OpenSale(sale_id="s-1", doc_id="doc-1", price=1000), "bob", "bad_signature",
+            "signature of bob does not verify", key=market.members["carol"].sign)
+
+
+def test_missing_signature(market: Book) -> None:
+    refused(market, c.OpenSale(sale_id="s-1", doc_id="doc-1", price=1000), "bob", "bad_signature",
+            "is not signed", key=None)
+
+
+def test_a_fresh_id_under_an_old_signature_does_not_verify(market: Book) -> None:
+    env = market.envelope(c.Deposit(account="bob", amount=10), c.OPERATOR)
+    market.submit_envelope(env)
+    replay = dataclasses.replace(env, id="replayed-0001", body={**env.body, "id": "replayed-0001"})
+    before = market.state
+    with pytest.raises(errors.BadSignature):
+        market.submit_envelope(replay)
+    assert market.state is before
+
+
+@pytest.mark.parametrize("skew", [-2 * 3600 * 1000, 2 * 3600 * 1000])
+def test_stale_command(market: Book, skew: int) -> None:
+    refused(market, c.Deposit(account="bob", amount=10), c.OPERATOR, "stale_command",
+            issued_at=market.now_ms + skew)
+
+
+def test_unknown_user(market: Book) -> None:
+    stranger = Member.create("dave")
+    refused(market, c.OpenSale(sale_id="s-1", doc_id="doc-1", price=1000), "dave", "unknown_user", "no user 'dave'",
+            key=stranger.sign)
+
+
+def test_duplicate_registration(market: Book) -> None:
+    impostor = Member.create("alice")
+    refused(market, impostor.registration(), "alice", "duplicate_registration", "login 'alice' is taken",
+            key=impostor.sign)
+
+
+@pytest.mark.parametrize("login", ["operator", "owner", "ledger", "admin", "system"])
+def test_reserved_logins(book: Book, login: str) -> None:
+    member = Member.create(login)
+    refused(book, member.registration(), login, "bad_login", "is reserved", key=member.sign)
+
+
+def test_registration_is_signed_by_the_new_key_itself(book: Book) -> None:
+    member = Member.create("erin")
+    refused(book, member.registration(), "erin", "bad_signature", key=Ed25519PrivateKey.generate())
+    refused(book, member.registration(), "frank", "not_authorized", key=member.sign)
+
+
+def test_registration_certificate_must_cover_the_sign_key(book: Book) -> None:
+    member = Member.create("erin")
+    other = Member.create("erin")
+    payload = member.registration().model_copy(update={"cert_pem": other.cert_pem})
+    refused(book, payload, "erin", "malformed", "not a certificate of sign_key", key=member.sign)
+    payload = member.registration().model_copy(update={"cert_pem": "not a certificate"})
+    refused(book, payload, "erin", "malformed", "cert_pem is not a PEM certificate", key=member.sign)
+
+
+def test_only_the_operator_deposits_or_sets_the_fee(market: Book) -> None:
+    refused(market, c.Deposit(account="bob", amount=5000), "bob", "not_authorized", "only the operator may deposit")
+    refused(market, c.SetFee(bps=0), "alice", "not_authorized")
+    refused(market, c.Deposit(account="bob", amount=1), c.LEDGER, "not_authorized", key=market.operator)
+
+
+def test_deposit_amount_and_account(market: Book) -> None:
+    refused(market, c.Deposit(account="bob", amount=0), c.OPERATOR, "bad_amount")
+    refused(market, c.Deposit(account="bob", amount=-5), c.OPERATOR, "bad_amount")
+    refused(market, c.Deposit(account="nobody", amount=5), c.OPERATOR, "unknown_user")
+    refused(market, c.SetFee(bps=10_001), c.OPERATOR, "bad_amount")
+
+
+@pytest.mark.parametrize("price", [0, -1, -1000])
+def test_bad_price(market: Book, price: int) -> None:
+    refused(market, market.publish_command("doc-9", price=price), "alice", "bad_price")
+    refused(market, c.ChangePrice(doc_id="doc-1", price=price), "alice", "bad_price")
+
+
+def test_only_the_provider_changes_or_withdraws_a_document(market: Book) -> None:
+    refused(market, c.ChangePrice(doc_id="doc-1", price=5), "bob", "not_authorized", "belongs to alice")
+    refused(market, c.Unpublish(doc_id="doc-1"), "bob", "not_authorized")
+    refused(market, market.publish_command("doc-1", price=5), "bob", "duplicate_document")
+
+
+def test_own_document(market: Book) -> None:
+    market.deposit("alice", 5000)
+    refused(market, c.OpenSale(sale_id="s-1", doc_id="doc-1", price=1000), "alice", "own_document")
+
+
+def test_price_changed(market: Book) -> None:
+    market.submit(c.ChangePrice(doc_id="doc-1", price=1200), "alice")
+    refused(market, c.OpenSale(sale_id="s-1", doc_id="doc-1", price=1000), "bob", "price_changed",
+            "price of doc-1 is 1200, not 1000")
+
+
+def test_insufficient_funds(market: Book) -> None:
+    message = refused(market, c.OpenSale(sale_id="s-1", doc_id="doc-1", price=1000), "carol", "insufficient_funds")
+    assert message == "balance 300, price 1000"
+
+
+def test_held_money_cannot_be_spent_twice(market: Book) -> None:
+    for i in range(5):
+        market.open_sale("bob", f"s-{i}", "doc-1")
+    assert market.state.balance("bob") == 0
+    refused(market, c.OpenSale(sale_id="s-5", doc_id="doc-1", price=1000), "bob", "insufficient_funds",
+            "balance 0, price 1000")
+
+
+def test_unknown_or_withdrawn_document(market: Book) -> None:
+    refused(market, c.OpenSale(sale_id="s-1", doc_id="nope", price=1000), "bob", "unknown_document")
+    market.submit(c.Unpublish(doc_id="doc-1"), "alice")
+    refused(market, c.OpenSale(sale_id="s-1", doc_id="doc-1", price=1000), "bob", "unknown_document")
+
+
+def test_duplicate_sale(market: Book) -> None:
+    market.open_sale("bob", "s-1", "doc-1")
+    refused(market, c.OpenSale(sale_id="s-1", doc_id="doc-1", price=1000), "bob", "duplicate_sale")
+
+
+def test_not_your_sale(market: Book) -> None:
+    open_and_escrow(market)
+    refused(market, c.SettleSale(sale_id="s-1"), "carol", "not_your_sale", "between bob and alice")
+    refused(market, c.SettleSale(sale_id="s-1"), "alice", "not_your_sale")
+    refused(market, c.VoidSale(sale_id="s-1"), "carol", "not_your_sale")
+    refused(market, market.escrow_command("s-1", os.urandom(32)), "bob", "not_your_sale")
+    refused(market, c.SettleSale(sale_id="s-404"), "bob", "unknown_sale")
+
+
+def test_sale_closed_when_settling_twice(market: Book) -> None:
+    open_and_escrow(market)
+    market.settle("bob", "s-1")
+    refused(market, c.SettleSale(sale_id="s-1"), "bob", "sale_closed", "already settled")
+    refused(market, c.VoidSale(sale_id="s-1"), "bob", "sale_closed")
+    refused(market, market.escrow_command("s-1", os.urandom(32)), "alice", "sale_closed")
+
+
+def test_a_voided_sale_cannot_be_settled(market: Book) -> None:
+    open_and_escrow(market)
+    market.submit(c.VoidSale(sale_id="s-1"), "bob")
+    refused(market, c.SettleSale(sale_id="s-1"), "bob", "sale_closed", "already voided")
+
+
+def test_key_not_escrowed(market: Book) -> None:
+    market.open_sale("bob", "s-1", "doc-1")
+    refused(market, c.SettleSale(sale_id="s-1"), "bob", "key_not_escrowed", "alice has not escrowed")
+
+
+def test_bad_escrow_key_does_not_match_commitment(market: Book) -> None:
+    market.open_sale("bob", "s-1", "doc-1")
+    wrong = market.escrow_command("s-1", os.urandom(32), commitment=content.key_commitment("s-1", os.urandom(32)))
+    refused(market, wrong, "alice", "bad_escrow", "does not match its commitment")
+
+
+def test_bad_escrow_key_sealed_for_another_sale(market: Book) -> None:
+    market.open_sale("bob", "s-1", "doc-1")
+    market.open_sale("bob", "s-2", "doc-1")
+    key = os.urandom(32)
+    refused(market, market.escrow_command("s-1", key, sealed_for="s-2"), "alice", "bad_escrow", "does not open")
+
+
+def test_bad_escrow_key_sealed_to_someone_else(market: Book) -> None:
+    market.open_sale("bob", "s-1", "doc-1")
+    stranger = Book()
+    stranger.ledger_key = X25519PrivateKey.generate()
+    sealed = stranger.escrow_command("s-1", os.urandom(32))
+    refused(market, sealed, "alice", "bad_escrow", "does not open")
+    refused(market, sealed.model_copy(update={"sealed_key": "not base64!"}), "alice", "bad_escrow")
+
+
+def test_bad_escrow_a_second_different_key(market: Book) -> None:
+    open_and_escrow(market)
+    refused(market, market.escrow_command("s-1", os.urandom(32)), "alice", "bad_escrow", "different key")
+    assert market.state.sales["s-1"].status == OPEN
+
+
+def test_the_sealed_escrow_is_for_the_ledger_only(market: Book) -> None:
+    key = open_and_escrow(market)
+    sealed = b64d(market.state.sales["s-1"].sealed_key)
+    assert open_sealed(market.ledger_key, sealed, escrow_info("s-1")) == key
+    with pytest.raises(SealError):
+        open_sealed(market.members["bob"].box, sealed, escrow_info("s-1"))
