@@ -31,6 +31,7 @@ class AuditReport:
     state_hash: str = ""
     from_snapshot: int | None = None
     violations: list[str] = field(default_factory=list)
+    command_ids: set[str] = field(default_factory=set)
 
     @property
     def ok(self) -> bool:
@@ -89,6 +90,7 @@ def audit(store: Store, *, use_snapshot: bool = False, check_every: int = 1000) 
                     report.violations.append(f"seq {row.seq}: command {row.command_id} applied twice "
                                              f"(first at seq {commands_seen[row.command_id]})")
                 commands_seen[row.command_id] = row.seq
+                report.command_ids.add(row.command_id)
             state = replay_row(state, row)
             report.events += 1
             if check_every and row.seq % check_every == 0:

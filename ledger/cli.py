@@ -40,7 +40,10 @@ def audit_verify(args: argparse.Namespace, settings: Any) -> int:
     finally:
         store.close()
     if args.json:
-        print(json.dumps(report.as_dict(), sort_keys=True))
+        data = report.as_dict()
+        if args.commands:
+            data["command_ids"] = sorted(report.command_ids)
+        print(json.dumps(data, sort_keys=True))
     else:
         print(f"store       {report.store}")
         print(f"events      {report.events} replayed" + (f" after snapshot {report.from_snapshot}"
@@ -78,3 +81,21 @@ def audit_balance(args: argparse.Namespace, settings: Any) -> int:
         print(f"{args.user} after event {state.seq}: available {format_minor(result['available'])}, "
               f"held {format_minor(result['held'])}")
     return 0
+
+
+def audit_hash(args: argparse.Namespace, settings: Any) -> int:
+    """``acb audit hash --store URL [--at SEQ]``: the state hash after an event (to compare replicas)."""
+    import json
+
+    from ledger.audit import replay
+    from ledger.model import state_hash
+    from ledger.store import Store
+
+    store = Store(args.store, create=False)
+    try:
+        state = replay(store, args.at, use_snapshot=True)
+    finally:
+        store.close()
+    result = {"store": store.safe_url, "seq": state.seq, "state_hash": state_hash(state)}
+    print(json.dumps(result, sort_keys=True) if args.json else f"seq {state.seq}: {result['state_hash']}")
+    return 0 if args.at is None or state.seq == args.at else 1

@@ -1,0 +1,338 @@
+"""``acb drill failover``: the operator's chaos drill.
+
+Starts N ledger replicas as processes, runs a stream of purchases (open,
+escrow, settle) from several clients, and in each round strikes the primary:
+``kill`` (SIGKILL, then restart it so it rejoins as a backup), ``pause``
+(SIGSTOP until another replica took over, then SIGCONT: it must find out it
+was deposed) or ``cut`` (the replica runs in its own network namespace and its
+link is taken down, then brought back). Then it lets the system settle,
+stops everything and checks every replica's store with the audit replay:
+
+- lost: commands a client was told succeeded that are not in the log;
+- duplicated: commands whose effect is in the log twice;
+- money_conserved: every store's audit finds money conserved;
+- replicas_identical: every store reaches the same sequence and state hash.
+
+Unavailability of a round is the longest any client waited for an answer
+from the moment of the strike.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from broker import commands as c
+from broker.client import BrokerClient, connect
+from broker.errors import BrokerError
+from broker.topology import Names, delete
+from console.netns import NetnsLink, netns_available
+from console.status import collect_status
+
+__all__ = ["drill", "main"]
+
+FAULTS = ("kill", "pause", "cut")
+
+
+@dataclass
+class _Replica:
+    rid: str
+    store: str
+    log: Path
+    env: dict[str, str]
+    link: NetnsLink | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "peer.cli", "ledger", "run", "--replica-id", self.rid, "--store", self.store,
+               "--hold-ttl", "600"]
+        env = dict(self.env)
+        if self.link is not None:
+            env["ACB_BROKER_URL"] = self.link.broker_url(env["ACB_BROKER_URL"])
+            cmd = ["ip", "netns", "exec", self.link.ns] + cmd
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=self.log.open("ab"))
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@dataclass
+class _Load:
+    """Purchases from several clients; records every acknowledged command and every wait."""
+
+    acked: dict[str, str] = field(default_factory=dict)  # command id -> kind
+    waits: list[tuple[float, float]] = field(default_factory=list)  # (sent at, answered at) monotonic
+    errors: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)
+    in_flight: dict[int, float] = field(default_factory=dict)  # thread -> sent at
+
+
+def _send(load: _Load, client: Any, payload: Any, sender: str, key: Any) -> bool:
+    cid = uuid.uuid4().hex
+    me = threading.get_ident()
+    sent = time.monotonic()
+    with load.lock:
+        load.in_flight[me] = sent
+    try:
+        client.send(payload, sender=sender, key=key, command_id=cid, timeout=120)
+    except BrokerError as exc:
+        with load.lock:
+            load.errors.append(f"{payload.type}: {exc}")
+        return False
+    finally:
+        with load.lock:
+            load.in_flight.pop(me, None)
+    done = time.monotonic()
+    with load.lock:
+        load.acked[cid] = payload.type
+        load.waits.append((sent, done))
+    return True
+
+
+def _buyer(load: _Load, url: str, names: Names, home: Path, consumer: Any, provider: Any, doc_id: str,
+           price: int) -> None:
+    from broker.codec import b64e
+    from broker.content import key_commitment
+    from broker.sealing import escrow_info, seal_to
+    from peer.client import Client
+
+    buyer = Client(BrokerClient(url, names), home, consumer)
+    seller = Client(BrokerClient(url, names), home, provider)
+    ledger_key = bytes.fromhex(buyer.ledger_info()["ledger_box_key"])
+    try:
+        while not load.stop.is_set():
+            sale_id = f"d-{uuid.uuid4().hex[:16]}"
+            if not _send(load, buyer, c.OpenSale(sale_id=sale_id, doc_id=doc_id, price=price), consumer.login,
+                         consumer.sign_key):
+                continue
+            k = os.urandom(32)
+            sealed = b64e(seal_to(ledger_key, k, escrow_info(sale_id)))
+            if not _send(load, seller, c.EscrowKey(sale_id=sale_id, sealed_key=sealed,
+                                                   key_commitment=key_commitment(sale_id, k)),
+                         provider.login, provider.sign_key):
+                continue
+            _send(load, buyer, c.SettleSale(sale_id=sale_id), consumer.login, consumer.sign_key)
+    finally:
+        buyer.broker.close()
+        seller.broker.close()
+
+
+def _primary(url: str, names: Names, replicas: dict[str, _Replica], wait: float = 1.5) -> tuple[str | None, int]:
+    rows = collect_status(url, names, wait)
+    prim = [r for r in rows if r["role"] == "primary" and r["replica"] in replicas]
+    if not prim:
+        return None, max((r["epoch"] for r in rows), default=0)
+    best = max(prim, key=lambda r: r["epoch"])
+    return best["replica"], best["epoch"]
+
+
+def _await_new_primary(url: str, names: Names, replicas: dict[str, _Replica], old: str, epoch: int,
+                       timeout: float) -> str | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rid, ep = _primary(url, names, replicas, 1.1)
+        if rid is not None and rid != old and ep > epoch:
+            return rid
+    return None
+
+
+def drill(replicas: int = 3, rounds: int = 5, *, clients: int = 4, faults: tuple[str, ...] = FAULTS,
+          round_seconds: float = 2.0, url: str | None = None, say: Any = print, keep: bool = False) -> dict[str, Any]:
+    """Run the drill and return its report (see the module docstring)."""
+    from ledger.keys import init_system, load_operator_key
+    from peer.client import Client
+
+    url = url or os.environ.get("ACB_BROKER_URL") or "amqp://guest:guest@127.0.0.1:5672/"
+    if "cut" in faults and not netns_available():
+        say("network cuts need root and `ip netns`; running kill and pause rounds only")
+        faults = tuple(f for f in faults if f != "cut") or ("kill",)
+    work = Path(tempfile.mkdtemp(prefix="acb-drill-"))
+    names = Names(f"drill-{uuid.uuid4().hex[:8]}")
+    init_system(work)
+    env = {**os.environ, "ACB_HOME": str(work), "ACB_PREFIX": names.prefix, "ACB_BROKER_URL": url}
+    env.pop("ACB_STORE_URL", None)
+    procs: dict[str, _Replica] = {}
+    links: list[NetnsLink] = []
+    load = _Load()
+    threads: list[threading.Thread] = []
+    outcome: dict[str, Any] = {}
+    try:
+        for i in range(replicas):
+            rid = f"r{i + 1}"
+            link = None
+            if "cut" in faults:
+                link = NetnsLink.create(f"acbd{os.getpid() % 10000}x{i}", index=i)
+                links.append(link)
+            procs[rid] = _Replica(rid, f"sqlite:///{work / (rid + '.db')}", work / f"{rid}.log", env, link)
+            procs[rid].start()
+        say(f"started {replicas} replicas on prefix {names.prefix} (logs in {work})")
+        admin = Client(BrokerClient(url, names), work)
+        admin.ledger_info()
+        op_key = load_operator_key(work)
+        seller = Client(BrokerClient(url, names), work)
+        provider = seller.register("seller", "seller-password")
+        seller.send(c.PublishDocument(doc_id="drill-doc", title="drill document", topic="drill", price=100, size=1,
+                                      sha256="0" * 64, merkle_root="0" * 64, segment_size=1 << 20,
+                                      endpoint="127.0.0.1:9"))
+        seller.broker.close()
+        consumers = []
+        for i in range(clients):
+            cl = Client(BrokerClient(url, names), work)
+            cl.register(f"buyer{i}", "buyer-password")
+            admin.send(c.Deposit(account=f"buyer{i}", amount=10_000_000), sender=c.OPERATOR, key=op_key)
+            consumers.append(cl.identity)
+            cl.broker.close()
+        admin.broker.close()
+        say(f"{clients} buyers registered and credited; purchases start")
+        for ident in consumers:
+            t = threading.Thread(target=_buyer, args=(load, url, names, work, ident, provider, "drill-doc", 100),
+                                 daemon=True)
+            t.start()
+            threads.append(t)
+        round_reports = []
+        for n in range(rounds):
+            time.sleep(round_seconds)
+            fault = faults[n % len(faults)]
+            old, epoch = _primary(url, names, procs)
+            if old is None:
+                say(f"round {n + 1}: no primary visible; waiting")
+                old = _await_new_primary(url, names, procs, "", 0, 15)
+                epoch = 0
+                if old is None:
+                    raise RuntimeError("no primary emerged")
+            victim = procs[old]
+            strike = time.monotonic()
+            if fault == "kill":
+                victim.signal(signal.SIGKILL)
+                victim.proc.wait()
+            elif fault == "pause":
+                victim.signal(signal.SIGSTOP)
+            else:
+                assert victim.link is not None
+                victim.link.cut()
+            new = _await_new_primary(url, names, procs, old, epoch, 30)
+            took = time.monotonic() - strike
+            if fault == "kill":
+                victim.start()
+            elif fault == "pause":
+                victim.signal(signal.SIGCONT)
+            else:
+                assert victim.link is not None
+                victim.link.restore()
+            time.sleep(1.0)
+            with load.lock:
+                waits = [done - sent for sent, done in load.waits if done >= strike]
+                stuck = [time.monotonic() - sent for sent in load.in_flight.values() if sent <= strike]
+            worst = max(waits + stuck + [0.0])
+            round_reports.append({"round": n + 1, "fault": fault, "old": old, "new": new,
+                                  "takeover_s": round(took, 2), "unavailable_ms": int(worst * 1000)})
+            say(f"round {n + 1}: {fault} of primary {old}; {new} took over in {took:.2f} s (seen by status); "
+                f"longest client wait {worst * 1000:.0f} ms")
+        load.stop.set()
+        for t in threads:
+            t.join(150)
+        say(f"load stopped: {len(load.acked)} commands acknowledged, {len(load.errors)} client errors")
+        # Let every replica apply everything, then stop them and audit their stores.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            rows = collect_status(url, names, 1.2)
+            if len(rows) == replicas and len({r["seq"] for r in rows}) == 1:
+                break
+        for r in procs.values():
+            r.stop()
+        audits = {}
+        for rid, r in procs.items():
+            out = subprocess.run([sys.executable, "-m", "peer.cli", "audit", "verify", "--store", r.store, "--json",
+                                  "--commands"], env=env, capture_output=True, text=True, timeout=600)
+            audits[rid] = json.loads(out.stdout.strip().splitlines()[-1])
+        logged = set.intersection(*(set(a["command_ids"]) for a in audits.values()))
+        lost = [cid for cid in load.acked if cid not in logged]
+        duplicated = sum(1 for a in audits.values() for v in a["violations"] if "applied twice" in v)
+        money_ok = all(not any("money" in v or "holds" in v or "negative" in v for v in a["violations"])
+                       for a in audits.values())
+        # Replicas stopped one after another may differ by a last epoch announcement: compare at one sequence.
+        common = min(a["head_seq"] for a in audits.values())
+        hashes = {}
+        for rid, r in procs.items():
+            out = subprocess.run([sys.executable, "-m", "peer.cli", "audit", "hash", "--store", r.store, "--at",
+                                  str(common), "--json"], env=env, capture_output=True, text=True, timeout=600)
+            hashes[rid] = json.loads(out.stdout.strip().splitlines()[-1])["state_hash"]
+        identical = len(set(hashes.values())) == 1
+        kill_waits = [r["unavailable_ms"] for r in round_reports if r["fault"] == "kill"]
+        all_waits = [r["unavailable_ms"] for r in round_reports]
+        by_fault = {f: {"rounds": len(w), "max_ms": max(w), "p50_ms": int(statistics.median(w))}
+                    for f in faults if (w := [r["unavailable_ms"] for r in round_reports if r["fault"] == f])}
+        outcome = {
+            "rounds": rounds, "acknowledged": len(load.acked), "applied": len(load.acked) - len(lost),
+            "lost": len(lost), "duplicated": duplicated, "money_conserved": money_ok, "replicas_identical": identical,
+            "max_unavailable_ms": max(kill_waits or all_waits),
+            "p50_unavailable_ms": int(statistics.median(kill_waits or all_waits)),
+            "unavailable_by_fault": by_fault, "audits_ok": all(a["ok"] for a in audits.values()),
+            "events": common, "state_hash": next(iter(hashes.values())), "round_reports": round_reports,
+            "client_errors": load.errors[:5],
+        }
+        for rid, a in audits.items():
+            say(f"audit {rid}: seq {a['head_seq']} state {a['state_hash'][:16]}… "
+                f"{'OK' if a['ok'] else 'VIOLATIONS: ' + '; '.join(a['violations'][:3])}")
+        return outcome
+    finally:
+        load.stop.set()
+        for r in procs.values():
+            r.stop()
+        for link in links:
+            link.destroy()
+        try:
+            conn = connect(url)
+            delete(conn.channel(), names)
+            conn.close()
+        except BrokerError:
+            pass
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def main(args: argparse.Namespace, settings: Any) -> int:
+    faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
+    unknown = [f for f in faults if f not in FAULTS]
+    if unknown:
+        print(f"acb: unknown fault {unknown[0]!r}; choose from {', '.join(FAULTS)}", file=sys.stderr)
+        return 2
+    say = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else (lambda m: print(m, flush=True))
+    report = drill(args.replicas, args.rounds, clients=args.clients, faults=faults, round_seconds=args.round_seconds,
+                   url=settings.broker_url, say=say, keep=args.keep)
+    ok = (report["lost"] == 0 and report["duplicated"] == 0 and report["money_conserved"]
+          and report["replicas_identical"])
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+    else:
+        for k in ("rounds", "acknowledged", "applied", "lost", "duplicated", "money_conserved", "replicas_identical",
+                  "max_unavailable_ms", "p50_unavailable_ms"):
+            print(f"{k:<20} {report[k]}")
+        for f, v in report["unavailable_by_fault"].items():
+            print(f"{f:<20} max {v['max_ms']} ms, p50 {v['p50_ms']} ms over {v['rounds']} round(s)")
+    return 0 if ok else 1
