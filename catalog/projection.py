@@ -107,7 +107,9 @@ class Catalog:
                 continue
             if max_price is not None and d["price"] > max_price:
                 continue
-            score = sum(1 for w in words if w in tokens(d["title"]))
+            title = tokens(d["title"])
+            # Scored by the same prefix rule that matched, so "quant" ranks a "Quantum" title first.
+            score = sum(1 for w in words if any(t.startswith(w) for t in title))
             hits.append(Hit(d["doc_id"], d["title"], d["topic"], d.get("description", ""), d["price"], d["size"],
                             d["provider"], d["endpoint"], d["sha256"], d["merkle_root"], d["segment_size"], score))
         hits.sort(key=lambda h: (-h.score, h.price, h.title, h.doc_id))
