@@ -108,6 +108,7 @@ class Book:
     now_ms: int = T0
     state: State = field(default_factory=State)
     rows: list[Row] = field(default_factory=list)
+    log: list[LogEntry] = field(default_factory=list)  # every entry folded, accepted or not
     members: dict[str, Member] = field(default_factory=dict)
     contents: dict[str, bytes] = field(default_factory=dict)  # doc id -> plaintext
     sale_keys: dict[str, bytes] = field(default_factory=dict)  # sale id -> K escrowed for it
@@ -151,6 +152,7 @@ class Book:
         )
 
     def fold(self, entry: LogEntry) -> Outcome:
+        self.log.append(entry)
         outcome, self.state, rows = fold_entry(self.state, entry)
         self.rows.extend(rows)
         return outcome
