@@ -1,0 +1,342 @@
+"""Consumer side: fetch a bought document's ciphertext, verifying every segment on arrival."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from broker.content import (
+    ContentError,
+    SignedEntry,
+    SignedHeader,
+    segment_count_for,
+    verify_header,
+)
+from peer.transfer import protocol
+from peer.transfer.control import TransferControl
+from peer.transfer.errors import (
+    AuthenticationFailed,
+    ConnectionLost,
+    JournalError,
+    ManifestInvalid,
+    ProtocolError,
+    TransferCancelled,
+)
+from peer.transfer.journal import DownloadStore, slot_size
+from peer.transfer.receiver import Receiver
+from peer.transfer.tls import certificate_login, check_peer, client_context, close_quietly
+
+__all__ = ["DownloadResult", "Evidence", "download", "load_download"]
+
+_COMMIT_BYTES = 32 << 20
+
+
+class Evidence(NamedTuple):
+    """What a dispute about one segment needs; unpacks as ``header, entry, ciphertext``."""
+
+    header: SignedHeader
+    entry: SignedEntry
+    ciphertext: bytes
+
+    @property
+    def index(self) -> int:
+        """The segment the evidence is about (as the signed entry says)."""
+        return self.entry.entry.index
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    """A finished download: where the ciphertext is and the signed manifest that covers it."""
+
+    sale_id: str
+    ct_path: Path
+    journal_path: Path
+    size: int
+    segment_size: int
+    segment_count: int
+    header: SignedHeader
+    entries: tuple[SignedEntry, ...]
+    resumed_from: int = 0
+    segments_received: int = 0
+    segments_rechecked: int = 0
+    bytes_received: int = 0
+    elapsed: float = 0.0
+
+    def ct_offset(self, index: int) -> int:
+        """Offset of ciphertext segment ``index`` in :attr:`ct_path` (block-aligned slots)."""
+        return index * slot_size(self.segment_size)
+
+    def ct_length(self, index: int) -> int:
+        """Length of ciphertext segment ``index``."""
+        return min(self.segment_size, self.size - index * self.segment_size) + 16
+
+    def read_ciphertext(self, index: int) -> bytes:
+        """Stored ciphertext of segment ``index``."""
+        with open(self.ct_path, "rb", buffering=0) as fh:
+            return os.pread(fh.fileno(), self.ct_length(index), self.ct_offset(index))
+
+    def evidence_for(self, index: int) -> Evidence:
+        """Signed header, signed entry and ciphertext of segment ``index`` for a dispute."""
+        if not 0 <= index < self.segment_count:
+            raise IndexError(f"segment {index} out of range 0..{self.segment_count - 1}")
+        return Evidence(self.header, self.entries[index], self.read_ciphertext(index))
+
+    def discard(self) -> None:
+        """Delete the ciphertext and journal (after a successful decrypt, or to start over)."""
+        for path in (self.ct_path, self.journal_path):
+            path.unlink(missing_ok=True)
+
+
+def download(
+    *,
+    host: str,
+    port: int,
+    identity_key: Ed25519PrivateKey,
+    cert_pem: bytes,
+    sale_id: str,
+    min_seq: int,
+    provider_login: str,
+    provider_cert_pem: bytes,
+    provider_public_key: bytes,
+    size: int,
+    segment_size: int,
+    merkle_root_hex: str,
+    dest_dir: Path,
+    progress: Callable[[int, int], None] | None = None,
+    rate_limit_bps: int | None = None,
+    control: TransferControl | None = None,
+    doc_id: str | None = None,
+    key_commitment: str | None = None,
+    bulk_tls: bool = False,
+    connect_timeout: float = 10.0,
+    io_timeout: float = 60.0,
+    commit_bytes: int = _COMMIT_BYTES,
+) -> DownloadResult:
+    """Download (or resume) the ciphertext of ``sale_id`` from its provider into ``dest_dir``.
+
+    Stores ``<sale_id>.ct`` and ``<sale_id>.journal``; calling again after any
+    interruption resumes at the first segment not yet verified and durable. Raises
+    a :class:`TransferError` subclass; verified segments stay stored either way.
+    ``bulk_tls`` keeps the segment stream inside TLS (slower, hides ciphertext).
+    """
+    control = control or TransferControl()
+    if rate_limit_bps is not None:
+        control.set_rate_limit(rate_limit_bps)
+    count = segment_count_for(size, segment_size)
+    me = certificate_login(cert_pem)
+    began = time.monotonic()
+    store = DownloadStore(Path(dest_dir), sale_id, size, segment_size)
+    try:
+        expected = _Expected(sale_id, doc_id, provider_login, me, size, segment_size, count, merkle_root_hex,
+                             key_commitment, provider_public_key)
+        if store.complete and store.header is not None:
+            expected.check_header(store.header)
+            return _result(store, count, resumed_from=count, received=0, nbytes=0, began=began)
+        start = store.recover(count)
+        if start == count and store.header is not None:
+            # Everything was durable already (crash before the completion mark).
+            expected.check_header(store.header)
+            store.mark_complete(count)
+            return _result(store, count, resumed_from=start, received=0, nbytes=0, began=began,
+                           rechecked=store.rechecked)
+        session = Receiver(store, expected, control, progress, commit_bytes)
+        with _connect(host, port, control, connect_timeout) as socks:
+            stream = _open(socks, identity_key, cert_pem, provider_cert_pem, expected, store, start, min_seq,
+                           bulk_tls, io_timeout)
+            session.run(stream, start)
+        store.mark_complete(count)
+        if progress is not None:
+            progress(size, size)
+        return _result(store, count, resumed_from=start, received=session.received, nbytes=session.nbytes,
+                       began=began, rechecked=store.rechecked)
+    finally:
+        store.close()
+
+
+def load_download(dest_dir: Path, sale_id: str) -> DownloadResult:
+    """Reopen a finished download from its journal (e.g. when the key arrives later)."""
+    store = DownloadStore.open_existing(Path(dest_dir), sale_id)
+    try:
+        if not store.complete or store.header is None:
+            raise JournalError(f"download of sale {sale_id} is not complete")
+        count = store.header.header.segment_count
+        return _result(store, count, resumed_from=count, received=0, nbytes=0, began=time.monotonic())
+    finally:
+        store.close()
+
+
+def _result(
+    store: DownloadStore, count: int, *, resumed_from: int, received: int, nbytes: int, began: float,
+    rechecked: int = 0,
+) -> DownloadResult:
+    assert store.header is not None
+    missing = [i for i in range(count) if i not in store.entries]
+    if missing:
+        raise JournalError(f"journal lacks manifest entries for segments {missing[:5]}")
+    return DownloadResult(
+        sale_id=store.sale_id,
+        ct_path=store.ct_path,
+        journal_path=store.journal_path,
+        size=store.size,
+        segment_size=store.segment_size,
+        segment_count=count,
+        header=store.header,
+        entries=tuple(store.entries[i] for i in range(count)),
+        resumed_from=resumed_from,
+        segments_received=received,
+        segments_rechecked=rechecked,
+        bytes_received=nbytes,
+        elapsed=time.monotonic() - began,
+    )
+
+
+@dataclass(frozen=True)
+class _Expected:
+    """What the ledger and catalog told us; the provider's header must agree."""
+
+    sale_id: str
+    doc_id: str | None
+    provider: str
+    consumer: str
+    size: int
+    segment_size: int
+    segment_count: int
+    merkle_root: str
+    key_commitment: str | None
+    provider_public_key: bytes
+
+    def check_header(self, signed: SignedHeader) -> None:
+        try:
+            h = verify_header(signed, self.provider_public_key)
+        except ContentError as exc:
+            raise ManifestInvalid(f"manifest header rejected: {exc}") from exc
+        wrong = [
+            f"{name} is {got!r}, expected {want!r}"
+            for name, got, want in (
+                ("sale_id", h.sale_id, self.sale_id),
+                ("provider", h.provider, self.provider),
+                ("consumer", h.consumer, self.consumer),
+                ("size", h.size, self.size),
+                ("segment_size", h.segment_size, self.segment_size),
+                ("segment_count", h.segment_count, self.segment_count),
+                ("merkle_root", h.merkle_root, self.merkle_root),
+                ("doc_id", h.doc_id, self.doc_id if self.doc_id is not None else h.doc_id),
+                ("key_commitment", h.key_commitment,
+                 self.key_commitment if self.key_commitment is not None else h.key_commitment),
+            )
+            if got != want
+        ]
+        if wrong:
+            raise ManifestInvalid("manifest header does not describe this sale: " + "; ".join(wrong))
+
+
+class _Sockets:
+    """Every socket object of one session, closed together on exit."""
+
+    def __init__(self, control: TransferControl) -> None:
+        self.control = control
+        self.items: list[socket.socket] = []
+
+    def add(self, sock: socket.socket) -> socket.socket:
+        self.items.append(sock)
+        self.control.attach(sock)
+        return sock
+
+    def __enter__(self) -> _Sockets:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sock in self.items:
+            self.control.detach(sock)
+            close_quietly(sock)
+
+
+def _connect(host: str, port: int, control: TransferControl, timeout: float) -> _Sockets:
+    socks = _Sockets(control)
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        raise ConnectionLost(f"cannot reach provider at {host}:{port}: {exc}") from exc
+    try:
+        socks.add(sock)
+    except TransferCancelled:
+        close_quietly(sock)
+        raise
+    return socks
+
+
+def _open(
+    socks: _Sockets,
+    identity_key: Ed25519PrivateKey,
+    cert_pem: bytes,
+    provider_cert_pem: bytes,
+    expected: _Expected,
+    store: DownloadStore,
+    start: int,
+    min_seq: int,
+    bulk_tls: bool,
+    io_timeout: float,
+) -> socket.socket:
+    """Hello, mutual TLS, request and manifest header; returns the bulk stream socket."""
+    sock = socks.items[0]
+    protocol.send_hello(sock, expected.sale_id, min_seq)
+    protocol.read_reply(sock)
+    ctx = client_context(identity_key, cert_pem, provider_cert_pem)
+    try:
+        tls = socks.add(ctx.wrap_socket(sock, do_handshake_on_connect=False))
+        tls.do_handshake()
+    except (ssl.SSLError, OSError) as exc:
+        if socks.control.cancelled:
+            raise TransferCancelled("transfer cancelled") from exc
+        raise AuthenticationFailed(
+            f"provider is not {expected.provider} (TLS handshake failed: {exc})"
+        ) from exc
+    check_peer(tls, expected.provider_public_key, f"provider {expected.provider}")
+    try:
+        protocol.send_message(tls, {"type": "request", "start": start, "bulk_tls": bulk_tls})
+        message = protocol.read_message(tls)
+    except (ConnectionLost, ssl.SSLError, OSError) as exc:
+        if socks.control.cancelled:
+            raise TransferCancelled("transfer cancelled") from exc
+        cause = exc.__cause__ if isinstance(exc, ConnectionLost) else exc
+        if isinstance(cause, ssl.SSLError):
+            # In TLS 1.3 the server judges our certificate after our handshake
+            # returned, so its rejection shows up as an alert on the first read.
+            raise AuthenticationFailed(f"provider rejected our certificate: {cause.reason or cause}") from exc
+        raise
+    if message.get("type") == "error":
+        raise ProtocolError(f"provider error: {message.get('reason')}")
+    if message.get("type") != "header" or not isinstance(message.get("header"), dict):
+        raise ProtocolError("expected the manifest header")
+    try:
+        signed = SignedHeader.from_wire(message["header"])
+    except (KeyError, ValueError, AttributeError) as exc:
+        raise ManifestInvalid(f"malformed manifest header: {exc}") from exc
+    expected.check_header(signed)
+    if store.header is None:
+        store.write_header(signed)
+    elif store.header != signed:
+        raise ManifestInvalid(
+            "provider sent a different manifest header than for the stored part of this download"
+        )
+    if bulk_tls:
+        stream: socket.socket = tls
+        stream.settimeout(io_timeout)
+    else:
+        plain = tls.unwrap()
+        stream = socks.add(socket.socket(plain.family, plain.type, fileno=plain.detach()))
+        # Blocking with kernel timeouts, so MSG_WAITALL can fill a segment in one call.
+        stream.settimeout(None)
+        tv = struct.pack("ll", int(io_timeout), int((io_timeout % 1) * 1e6))
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+    return stream

@@ -1,0 +1,173 @@
+"""Wire format of one transfer session.
+
+1. Consumer -> provider, plaintext: ``ACB1 {"sale_id": ..., "min_seq": ...}\\n``.
+   The provider does not know who is calling until it asks the ledger about the
+   sale, so this line is all it reads before deciding.
+2. Provider -> consumer, plaintext: ``ACB1 {"ok": true}\\n`` or ``ACB1 {"refused": reason}\\n``.
+3. TLS 1.3 handshake, each side pinned to the other's registered certificate.
+4. Over TLS, length-prefixed JSON messages: consumer sends ``request`` (first
+   segment wanted, whether the bulk stream stays inside TLS); provider answers
+   ``header`` (the signed manifest header) or ``error``.
+5. Bulk stream of segment frames, then an end frame. By default both sides shut
+   TLS down first and the frames travel on the bare TCP connection: every
+   ciphertext is already AES-GCM under a per-sale key only the buyer receives,
+   and every frame carries a provider-signed entry with its BLAKE3 hash, so a
+   second encryption layer adds nothing but cost (it halved throughput).
+
+Segment frame: ``_FRAME`` struct (magic, index, entry length, ciphertext length),
+the entry's canonical JSON, its 64-byte Ed25519 signature, then the ciphertext.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import struct
+from typing import Any
+
+from peer.transfer.errors import ConnectionLost, ProtocolError, TransferRefused
+
+__all__ = [
+    "FRAME",
+    "MAGIC_END",
+    "MAGIC_ERROR",
+    "MAGIC_SEGMENT",
+    "SIGNATURE_SIZE",
+    "pack_frame",
+    "read_hello",
+    "read_message",
+    "read_reply",
+    "recv_exactly",
+    "send_hello",
+    "send_message",
+    "send_reply",
+]
+
+_LINE_PREFIX = b"ACB1 "
+_MAX_LINE = 4096
+_MAX_MESSAGE = 1 << 20
+MAX_ENTRY = 1 << 16
+
+MAGIC_SEGMENT = b"SEG1"
+MAGIC_END = b"END1"
+MAGIC_ERROR = b"ERR1"
+FRAME = struct.Struct(">4sQII")
+SIGNATURE_SIZE = 64
+_LEN = struct.Struct(">I")
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    # The other side waits for our answer before sending more, so nothing
+    # beyond the newline can arrive; anything that does is a protocol error.
+    data = bytearray()
+    while not data.endswith(b"\n"):
+        try:
+            chunk = sock.recv(_MAX_LINE - len(data))
+        except TimeoutError as exc:
+            raise ConnectionLost("timed out waiting for the peer's opening line") from exc
+        except OSError as exc:
+            raise ConnectionLost(f"connection failed during opening: {exc}") from exc
+        if not chunk:
+            raise ConnectionLost("peer closed the connection during opening")
+        data += chunk
+        if len(data) >= _MAX_LINE and not data.endswith(b"\n"):
+            raise ProtocolError("opening line too long")
+    if data.count(b"\n") != 1:
+        raise ProtocolError("unexpected bytes after the opening line")
+    return bytes(data)
+
+
+def _parse_line(line: bytes) -> dict[str, Any]:
+    if not line.startswith(_LINE_PREFIX):
+        raise ProtocolError("peer does not speak ACB1 (expected an 'ACB1 {...}' line)")
+    try:
+        obj = json.loads(line[len(_LINE_PREFIX) :])
+    except ValueError as exc:
+        raise ProtocolError(f"opening line is not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise ProtocolError("opening line is not a JSON object")
+    return obj
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return _LINE_PREFIX + json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+def send_hello(sock: socket.socket, sale_id: str, min_seq: int) -> None:
+    """Consumer's plaintext opening: which sale, and the ledger sequence it has seen."""
+    sock.sendall(_line({"sale_id": sale_id, "min_seq": min_seq}))
+
+
+def read_hello(sock: socket.socket) -> tuple[str, int]:
+    """Provider side of :func:`send_hello`; returns ``(sale_id, min_seq)``."""
+    obj = _parse_line(_read_line(sock))
+    sale_id, min_seq = obj.get("sale_id"), obj.get("min_seq")
+    if not isinstance(sale_id, str) or not sale_id or len(sale_id) > 256:
+        raise ProtocolError("hello has no valid sale_id")
+    if not isinstance(min_seq, int) or isinstance(min_seq, bool) or min_seq < 0:
+        raise ProtocolError("hello has no valid min_seq")
+    return sale_id, min_seq
+
+
+def send_reply(sock: socket.socket, refused: str | None) -> None:
+    """Provider's plaintext answer to the hello."""
+    sock.sendall(_line({"ok": True} if refused is None else {"refused": refused}))
+
+
+def read_reply(sock: socket.socket) -> None:
+    """Consumer side of :func:`send_reply`; raises :class:`TransferRefused`."""
+    obj = _parse_line(_read_line(sock))
+    if "refused" in obj:
+        raise TransferRefused(f"provider refused: {obj['refused']}")
+    if obj.get("ok") is not True:
+        raise ProtocolError("provider's answer is neither ok nor refused")
+
+
+def send_message(sock: socket.socket, obj: dict[str, Any]) -> None:
+    """Length-prefixed JSON message (used inside TLS)."""
+    body = json.dumps(obj, separators=(",", ":")).encode()
+    sock.sendall(_LEN.pack(len(body)) + body)
+
+
+def read_message(sock: socket.socket) -> dict[str, Any]:
+    """Read one :func:`send_message` message."""
+    head = bytearray(_LEN.size)
+    recv_exactly(sock, memoryview(head))
+    (n,) = _LEN.unpack(head)
+    if n > _MAX_MESSAGE:
+        raise ProtocolError(f"message of {n} bytes exceeds the limit")
+    body = bytearray(n)
+    recv_exactly(sock, memoryview(body))
+    try:
+        obj = json.loads(body)
+    except ValueError as exc:
+        raise ProtocolError(f"message is not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise ProtocolError("message is not a JSON object")
+    return obj
+
+
+def recv_exactly(sock: socket.socket, view: memoryview) -> None:
+    """Fill ``view`` from ``sock``; raises :class:`ConnectionLost` on EOF or timeout."""
+    got, want = 0, len(view)
+    # MSG_WAITALL lets the kernel fill a whole segment in one call; ssl sockets
+    # do not accept flags and return at most one TLS record per call anyway.
+    flags = 0 if isinstance(sock, ssl.SSLSocket) else socket.MSG_WAITALL
+    while got < want:
+        try:
+            n = sock.recv_into(view[got:], want - got, flags)
+        except TimeoutError as exc:
+            raise ConnectionLost(f"timed out after {got} of {want} bytes") from exc
+        except ssl.SSLError as exc:
+            raise ConnectionLost(f"TLS error after {got} of {want} bytes: {exc.reason or exc}") from exc
+        except OSError as exc:
+            raise ConnectionLost(f"connection failed after {got} of {want} bytes: {exc}") from exc
+        if n == 0:
+            raise ConnectionLost(f"connection closed after {got} of {want} bytes")
+        got += n
+
+
+def pack_frame(magic: bytes, index: int, entry_len: int, ct_len: int) -> bytes:
+    """Fixed-size frame header."""
+    return FRAME.pack(magic, index, entry_len, ct_len)
