@@ -53,7 +53,7 @@ _DEFAULT: Any = object()
 def self_signed_cert(key: Ed25519PrivateKey, login: str) -> str:
     """A PEM certificate over ``key``, as registration requires."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, login)])
-    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=3650))
@@ -72,7 +72,7 @@ class Member:
     cert_pem: str
 
     @classmethod
-    def create(cls, login: str) -> "Member":
+    def create(cls, login: str) -> Member:
         sign = Ed25519PrivateKey.generate()
         return cls(login, sign, X25519PrivateKey.generate(), self_signed_cert(sign, login))
 

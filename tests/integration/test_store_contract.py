@@ -112,7 +112,7 @@ class TestStoreContract:
         assert store.get_meta("other") == "x"
 
     def test_snapshots(self, store: Store) -> None:
-        book, rows = make_rows(2)
+        book, _rows = make_rows(2)
         state = book.state
         store.save_snapshot(10, "a" * 64, 11, {"seq": 10}, 1)
         store.save_snapshot(20, state_hash(state), 21, state_to_dict(state), 2)

@@ -7,7 +7,16 @@ import pytest
 
 from ledger import events as ev
 from ledger.model import (
-    OPEN, REFUNDED, SETTLED, VOIDED, Record, State, apply, invariant_violations, state_from_dict, state_hash,
+    OPEN,
+    REFUNDED,
+    SETTLED,
+    VOIDED,
+    Record,
+    State,
+    apply,
+    invariant_violations,
+    state_from_dict,
+    state_hash,
     state_to_dict,
 )
 
