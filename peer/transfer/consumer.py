@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -334,9 +333,5 @@ def _open(
     else:
         plain = tls.unwrap()
         stream = socks.add(socket.socket(plain.family, plain.type, fileno=plain.detach()))
-        # Blocking with kernel timeouts, so MSG_WAITALL can fill a segment in one call.
-        stream.settimeout(None)
-        tv = struct.pack("ll", int(io_timeout), int((io_timeout % 1) * 1e6))
-        stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-        stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+        protocol.use_kernel_timeouts(stream, io_timeout)
     return stream

@@ -71,6 +71,10 @@ def _read_line(sock: socket.socket) -> bytes:
         if not chunk:
             raise ConnectionLost("peer closed the connection during opening")
         data += chunk
+        # Fail fast on a client speaking something else (a bare TLS ClientHello,
+        # HTTP): it would otherwise wait for a newline that never comes.
+        if not data.startswith(_LINE_PREFIX[: len(data)]):
+            raise ProtocolError("peer does not speak ACB1 (expected an 'ACB1 {...}' line)")
         if len(data) >= _MAX_LINE and not data.endswith(b"\n"):
             raise ProtocolError("opening line too long")
     if data.count(b"\n") != 1:
@@ -171,3 +175,16 @@ def recv_exactly(sock: socket.socket, view: memoryview) -> None:
 def pack_frame(magic: bytes, index: int, entry_len: int, ct_len: int) -> bytes:
     """Fixed-size frame header."""
     return FRAME.pack(magic, index, entry_len, ct_len)
+
+
+def use_kernel_timeouts(sock: socket.socket, seconds: float) -> None:
+    """Make ``sock`` blocking with kernel send/receive timeouts.
+
+    Python's own timeouts make the socket non-blocking and poll before every
+    call, so big sends return early and MSG_WAITALL stops working; with kernel
+    timeouts one call moves a whole segment. A timeout then surfaces as EAGAIN.
+    """
+    sock.settimeout(None)
+    tv = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)

@@ -220,7 +220,11 @@ class ProviderServer:
         except TransferCancelled:
             upload.update(state="cancelled", error="stopped by the provider")
         except (TransferError, OSError) as exc:
-            if upload.control.cancelled:
+            if upload.status.state == "handshake":
+                # Anything going wrong before the peer is authenticated is a refusal.
+                upload.update(state="refused", error=str(exc))
+                log.info("refused %s: %s", upload.status.peer, exc)
+            elif upload.control.cancelled:
                 upload.update(state="cancelled", error="stopped by the provider")
             else:
                 upload.update(state="failed", error=str(exc))
@@ -237,7 +241,12 @@ class ProviderServer:
 
     def _session(self, conn: socket.socket, upload: _Upload, socks: list[socket.socket]) -> None:
         conn.settimeout(self._handshake_timeout)
-        sale_id, min_seq = protocol.read_hello(conn)
+        try:
+            sale_id, min_seq = protocol.read_hello(conn)
+        except ProtocolError as exc:
+            with contextlib.suppress(OSError):
+                protocol.send_reply(conn, str(exc))
+            raise TransferRefused(str(exc)) from exc
         upload.update(sale_id=sale_id)
         try:
             grant = self._authorize(sale_id, min_seq)
@@ -264,6 +273,7 @@ class ProviderServer:
         upload.control.attach(tls)
         try:
             check_peer(tls, grant.consumer_public_key, f"consumer of sale {sale_id}")
+            upload.update(state="sending")
             request = protocol.read_message(tls)
             start, bulk_tls = self._check_request(request, grant)
             upload.update(start_index=start)
@@ -285,8 +295,10 @@ class ProviderServer:
         except ssl.SSLError as exc:
             raise ConnectionLost(f"TLS failed with {grant.consumer_login}: {exc}") from exc
         upload.control.attach(stream)
-        stream.settimeout(self._io_timeout)
-        upload.update(state="sending")
+        if isinstance(stream, ssl.SSLSocket):
+            stream.settimeout(self._io_timeout)
+        else:
+            protocol.use_kernel_timeouts(stream, self._io_timeout)
         self._stream_segments(stream, grant, start, upload)
         _finish(stream)
 

@@ -1,0 +1,138 @@
+"""Shared pieces for the test_transfer_* modules (this module holds no tests).
+
+Real sockets on 127.0.0.1, real TLS, real files; the only stand-in is the
+ledger, whose role here is just to say which user bought which sale.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from broker.content import FileCommitment, describe_file, key_commitment
+from peer.transfer import (
+    DownloadResult,
+    ProviderServer,
+    SaleGrant,
+    TransferRefused,
+    download,
+    make_certificate,
+)
+from peer.transfer.tls import certificate_public_key
+
+SEG = 64 * 1024
+
+
+@dataclass(frozen=True)
+class User:
+    """A registered user: identity key and the certificate the ledger holds."""
+
+    login: str
+    key: Ed25519PrivateKey
+    cert: bytes
+
+    @property
+    def public(self) -> bytes:
+        return certificate_public_key(self.cert)
+
+    @classmethod
+    def make(cls, login: str) -> User:
+        key = Ed25519PrivateKey.generate()
+        return cls(login, key, make_certificate(key, login))
+
+
+@dataclass
+class Market:
+    """Users, one published document and its sales, as the ledger would know them."""
+
+    root: Path
+    provider: User = field(default_factory=lambda: User.make("alice"))
+    consumer: User = field(default_factory=lambda: User.make("bob"))
+    other: User = field(default_factory=lambda: User.make("carol"))
+    size: int = 5 * SEG + 1234
+    sales: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    served_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.doc = self.root / "published.bin"
+        self.doc.write_bytes(os.urandom(self.size))
+        self.commitment: FileCommitment = describe_file(self.doc, SEG)
+
+    def sell(self, sale_id: str, buyer: User | None = None) -> bytes:
+        """Open a sale to ``buyer`` and return its per-sale key."""
+        key = os.urandom(32)
+        self.sales[sale_id] = ((buyer or self.consumer).login, key)
+        return key
+
+    def user(self, login: str) -> User:
+        return next(u for u in (self.provider, self.consumer, self.other) if u.login == login)
+
+    def authorize(self, sale_id: str, min_seq: int) -> SaleGrant:
+        if sale_id not in self.sales:
+            raise TransferRefused(f"sale {sale_id} is unknown to the ledger")
+        buyer, key = self.sales[sale_id]
+        user = self.user(buyer)
+        return SaleGrant(
+            sale_id=sale_id, doc_id="doc-1", consumer_login=buyer, consumer_cert_pem=user.cert,
+            consumer_public_key=user.public, path=self.served_path or self.doc, segment_size=SEG,
+            key=key, key_commitment=key_commitment(sale_id, key), commitment=self.commitment,
+        )
+
+    def server(self, cls: type[ProviderServer] = ProviderServer, **kw: Any) -> ProviderServer:
+        return cls(self.provider.key, self.provider.login, self.provider.cert, self.authorize, **kw)
+
+    def download(self, server: ProviderServer, sale_id: str, dest: Path, *, as_user: User | None = None,
+                 provider_cert: bytes | None = None, **kw: Any) -> DownloadResult:
+        me = as_user or self.consumer
+        return download(
+            host="127.0.0.1", port=server.port, identity_key=me.key, cert_pem=me.cert, sale_id=sale_id,
+            min_seq=0, provider_login=self.provider.login, provider_cert_pem=provider_cert or self.provider.cert,
+            provider_public_key=self.provider.public, size=self.commitment.size, segment_size=SEG,
+            merkle_root_hex=self.commitment.merkle_root, dest_dir=dest, io_timeout=10.0, **kw,
+        )
+
+
+@pytest.fixture
+def market(tmp_path: Path) -> Market:
+    return Market(tmp_path)
+
+
+@pytest.fixture
+def running(market: Market) -> Iterator[ProviderServer]:
+    server = market.server()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def progress_hook(when: Callable[[int, int], bool], action: Callable[[], None]) -> Callable[[int, int], None]:
+    """A progress callback that runs ``action`` once, the first time ``when`` holds."""
+    fired = False
+
+    def hook(done: int, total: int) -> None:
+        nonlocal fired
+        if not fired and when(done, total):
+            fired = True
+            action()
+
+    return hook
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` passes; the provider records states
+    on its own threads, just after the consumer has already seen the outcome."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()

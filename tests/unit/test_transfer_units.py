@@ -1,0 +1,187 @@
+"""Transfer building blocks without a network: journal, control, opening lines, certificates."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from broker.content import ManifestEntry, ManifestHeader, ciphertext_hash, sign_entry, sign_header
+from peer.transfer import TransferCancelled, TransferControl, TransferRefused
+from peer.transfer import protocol
+from peer.transfer.errors import JournalError, ProtocolError
+from peer.transfer.journal import DownloadStore, slot_size
+from peer.transfer.tls import certificate_login, certificate_public_key, make_certificate
+
+SEG = 4096 * 2
+KEY = Ed25519PrivateKey.generate()
+
+
+def _slot(data: bytes) -> memoryview:
+    buf = mmap.mmap(-1, slot_size(SEG))
+    buf[: len(data)] = data
+    return memoryview(buf)
+
+
+def _store(tmp_path: Path, size: int = 3 * SEG + 10) -> DownloadStore:
+    return DownloadStore(tmp_path, "s1", size, SEG)
+
+
+def _fill(store: DownloadStore, n: int, commit_upto: int) -> list[bytes]:
+    header = ManifestHeader("s1", "d", "a", "b", "00", store.size, SEG, 4, "11")
+    store.write_header(sign_header(KEY, header))
+    cts = []
+    for i in range(n):
+        ct = os.urandom(store.ct_length(i))
+        entry = ManifestEntry("s1", i, ciphertext_hash(ct), len(ct), ())
+        with _slot(ct) as view:
+            store.write_segment(i, sign_entry(KEY, entry), view, len(ct))
+        cts.append(ct)
+        if i + 1 == commit_upto:
+            store.commit(commit_upto)
+    return cts
+
+
+def test_store_layout_is_block_aligned(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    try:
+        assert store.offset(1) % 4096 == 0 and store.offset(1) >= SEG + 16
+        assert store.ct_length(3) == 10 + 16
+    finally:
+        store.close()
+
+
+def test_recover_trusts_commits_and_rechecks_only_pending_segments(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    cts = _fill(store, 3, commit_upto=1)
+    assert store.read_ciphertext(2) == cts[2]
+    store.close()
+    again = _store(tmp_path)
+    try:
+        assert again.committed == 1
+        assert again.recover(4) == 3
+        assert again.rechecked == 2 and again.committed == 3
+    finally:
+        again.close()
+
+
+def test_recover_stops_at_a_pending_segment_whose_data_is_wrong(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    _fill(store, 3, commit_upto=1)
+    store.close()
+    with open(tmp_path / "s1.ct", "r+b") as fh:
+        fh.seek(slot_size(SEG) * 1 + 5)
+        fh.write(b"\x00\x01\x02")
+    again = _store(tmp_path)
+    try:
+        assert again.recover(4) == 1
+        assert sorted(again.entries) == [0]
+    finally:
+        again.close()
+
+
+def test_torn_journal_tail_is_cut_off(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    _fill(store, 2, commit_upto=2)
+    store.close()
+    journal = tmp_path / "s1.journal"
+    good = journal.stat().st_size
+    with open(journal, "ab") as fh:
+        fh.write(b"\x03\x00\x00\x00\x08\x00\x00")
+    again = _store(tmp_path)
+    try:
+        assert again.committed == 2 and journal.stat().st_size == good
+    finally:
+        again.close()
+
+
+def test_complete_store_needs_no_recheck(tmp_path: Path) -> None:
+    store = _store(tmp_path, size=2 * SEG)
+    _fill(store, 2, commit_upto=2)
+    store.mark_complete(2)
+    assert (tmp_path / "s1.ct").stat().st_size == store.offset(1) + store.ct_length(1)
+    store.close()
+    again = _store(tmp_path, size=2 * SEG)
+    try:
+        assert again.complete and again.recover(2) == 2 and again.rechecked == 0
+    finally:
+        again.close()
+
+
+def test_sale_id_must_be_a_plain_file_name(tmp_path: Path) -> None:
+    with pytest.raises(JournalError):
+        DownloadStore(tmp_path, "../escape", 10, SEG)
+
+
+def test_token_bucket_limits_the_rate() -> None:
+    control = TransferControl(rate_limit_bps=1_000_000)
+    began = time.monotonic()
+    for _ in range(10):
+        control.throttle(50_000)
+    elapsed = time.monotonic() - began
+    assert 0.4 <= elapsed < 2.0  # 500 kB at 1 MB/s
+
+
+def test_pause_blocks_until_resume_and_cancel_wakes_everyone() -> None:
+    control = TransferControl()
+    control.pause()
+    passed = threading.Event()
+    t = threading.Thread(target=lambda: (control.check(), passed.set()))
+    t.start()
+    time.sleep(0.05)
+    assert not passed.is_set()
+    control.resume()
+    t.join(2)
+    assert passed.is_set()
+    slow = TransferControl(rate_limit_bps=10)
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            slow.throttle(1000)
+        except TransferCancelled as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    time.sleep(0.05)
+    slow.cancel()
+    t.join(2)
+    assert errors and slow.cancelled
+    with pytest.raises(TransferCancelled):
+        slow.check()
+
+
+def test_opening_lines_roundtrip_and_reject_garbage() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        protocol.send_hello(a, "sale-1", 42)
+        assert protocol.read_hello(b) == ("sale-1", 42)
+        protocol.send_reply(b, "no such sale")
+        with pytest.raises(TransferRefused, match="no such sale"):
+            protocol.read_reply(a)
+        a.sendall(b"\x16\x03\x01\x02\x00")  # a TLS ClientHello starts like this
+        with pytest.raises(ProtocolError, match="ACB1"):
+            protocol.read_hello(b)
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(b'ACB1 {"sale_id": "", "min_seq": 1}\n')
+        with pytest.raises(ProtocolError, match="sale_id"):
+            protocol.read_hello(b)
+
+
+def test_certificate_names_the_login_and_carries_the_identity_key() -> None:
+    key = Ed25519PrivateKey.generate()
+    pem = make_certificate(key, "alice")
+    cert = x509.load_pem_x509_certificate(pem)
+    assert certificate_login(pem) == "alice"
+    assert certificate_public_key(pem) == key.public_key().public_bytes_raw()
+    assert cert.not_valid_after_utc.year == 9999
+    cert.verify_directly_issued_by(cert)
