@@ -34,6 +34,9 @@ def loads_object(body: bytes) -> dict[str, Any]:
         value = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"body is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        # Raised by the decoder itself on deep nesting; left alone it would kill the consuming thread.
+        raise ValueError("body is not JSON we accept: nested too deeply") from exc
     if not isinstance(value, dict):
         raise ValueError(f"body is JSON {type(value).__name__}, expected an object")
     return value
