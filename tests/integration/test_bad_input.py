@@ -128,6 +128,11 @@ def _json_array(w: World) -> tuple[bytes, str]:
     return b'[{"body": {}}]', uuid.uuid4().hex
 
 
+def _deeply_nested(w: World) -> tuple[bytes, str]:
+    # Deep enough to exhaust the JSON decoder's recursion: must be refused, not crash the consumer.
+    return b'{"body": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", uuid.uuid4().hex
+
+
 def _unknown_type(w: World) -> tuple[bytes, str]:
     body, ident = w.signed(c.Deposit(account="bob", amount=1), c.OPERATOR)
     data = json.loads(body)
@@ -220,6 +225,7 @@ CASES = [
     # (builder, code, part of the message, dead-lettered)
     pytest.param(_not_json, "malformed", "body is not JSON", True, id="not_json"),
     pytest.param(_json_array, "malformed", "body is JSON list, expected an object", True, id="json_array"),
+    pytest.param(_deeply_nested, "malformed", "nested too deeply", True, id="deeply_nested"),
     pytest.param(_missing_body_field, "malformed", "envelope body lacks 'sender'", True,
                  id="missing_body_field"),
     pytest.param(_unknown_type, "unknown_type", "unknown message type 'print_money'", True,

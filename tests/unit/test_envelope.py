@@ -126,6 +126,8 @@ def test_unsupported_query_version() -> None:
         (b"[1, 2, 3]", "body is JSON list, expected an object"),
         (b'"a string"', "body is JSON str, expected an object"),
         (b"{}", "envelope has no body object"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"body": ' + b"[" * 100_000 + b"}", "nested too deeply"),
         (b'{"body": []}', "envelope has no body object"),
         (b'{"body": {"kind": "shout", "payload": {}}}', "envelope kind must be 'command' or 'query', got 'shout'"),
         (b'{"body": {"kind": "command"}}', "envelope has no payload object"),
