@@ -184,7 +184,7 @@ def sales_model(items: ObservableList[SaleLine], me: str, parent: QObject | None
     ], parent)
 
 
-_STATE_COLORS = {"done": CREDIT, "failed": DEBIT, "disputed": DEBIT}
+_STATE_COLORS = {"done": CREDIT, "failed": DEBIT, "disputed": DEBIT, "cancelled": QColor("#666666")}
 
 
 def downloads_model(items: ObservableList[Download], parent: QObject | None = None) -> ListTableModel:

@@ -174,6 +174,11 @@ class Download:
             self._first = (now, done)
         self.done, self.total = done, total
 
+    def restart(self) -> None:
+        """Try again (the client resumes the same sale from the first segment not yet stored)."""
+        self.state, self.message, self.speed_bps = "starting", "", 0.0
+        self._first = self._last = None
+
     def finish(self, state: str, now: float | None = None) -> None:
         """The purchase ended: keep the average speed of the whole transfer."""
         now = time.monotonic() if now is None else now

@@ -294,7 +294,10 @@ class ProgressDelegate(QStyledItemDelegate):
 
 
 class DownloadsPanel(QWidget):
-    """Every purchase of this session, with its state, progress and speed."""
+    """Every purchase of this session, with its state, progress and speed; retry or cancel a failed one."""
+
+    retry_requested = Signal(object)
+    cancel_requested = Signal(object)
 
     def __init__(self, model: ListTableModel, folder: Path, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -308,6 +311,14 @@ class DownloadsPanel(QWidget):
         self.table.setItemDelegateForColumn(2, ProgressDelegate(self.table))
         self.table.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.Fixed)
         self.table.setColumnWidth(2, 180)
+        self.retry_button = QPushButton("Retry")
+        self.retry_button.setToolTip("resume the same sale from where the download stopped")
+        self.cancel_button = QPushButton("Cancel sale")
+        self.cancel_button.setToolTip("void the open sale; the held money comes back")
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        buttons.addWidget(self.retry_button)
+        buttons.addWidget(self.cancel_button)
         self.steps = QLabel("")
         self.steps.setWordWrap(True)
         self.steps.setFrameShape(QFrame.Shape.StyledPanel)
@@ -315,9 +326,29 @@ class DownloadsPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(row)
         layout.addWidget(self.table, 1)
+        layout.addLayout(buttons)
         layout.addWidget(_heading("What happened"))
         layout.addWidget(self.steps)
         choose.clicked.connect(self._choose)
+        self.retry_button.clicked.connect(lambda: self._with_failed(self.retry_requested))
+        self.cancel_button.clicked.connect(lambda: self._with_failed(self.cancel_requested))
+        self.table.selectionModel().selectionChanged.connect(self._update_buttons)
+        model.dataChanged.connect(self._update_buttons)
+        self._update_buttons()
+
+    def _failed_selected(self) -> Any:
+        download = selected_item(self.table)
+        return download if download is not None and download.state == "failed" else None
+
+    def _update_buttons(self, *_: Any) -> None:
+        failed = self._failed_selected() is not None
+        self.retry_button.setEnabled(failed)
+        self.cancel_button.setEnabled(failed)
+
+    def _with_failed(self, signal: Any) -> None:
+        download = self._failed_selected()
+        if download is not None:
+            signal.emit(download)
 
     def _choose(self) -> None:
         d = QFileDialog.getExistingDirectory(self, "Save downloads in", self.folder.text())

@@ -24,12 +24,13 @@ from PySide6.QtWidgets import (
 )
 
 from ledger.money import format_minor, parse_minor
-from peer.client import BuyResult
+from peer.client import BuyResult, Purchases
 from peer.gui.models import downloads_model, flows_model, hits_model, sales_model
 from peer.gui.session import Session
 from peer.gui.state import DesktopState, Download, FlowLine, Hit, SaleLine
 from peer.gui.views import AccountPanel, DownloadsPanel, SearchPanel, SharePanel
 from peer.gui.worker import Job, Runner
+from peer.identity import Profile
 
 __all__ = ["LoginDialog", "MainWindow"]
 
@@ -185,6 +186,10 @@ class MainWindow(QMainWindow):
         self.share_panel.change_price_requested.connect(self.ask_price)
         self.share_panel.unshare_requested.connect(self.ask_unshare)
         self.account_panel.refresh_requested.connect(self.refresh_account)
+        self.downloads_panel.retry_requested.connect(self.retry)
+        self.downloads_panel.cancel_requested.connect(
+            lambda d: self._confirm(f"Void the open sale for “{d.title}” and release the held money?",
+                                    lambda: self.cancel_sale(d)))
         self.runner.busy_changed.connect(lambda n: self.activity.setVisible(n > 0))
         self.runner.error.connect(self.show_error)
 
@@ -279,11 +284,44 @@ class MainWindow(QMainWindow):
         download = Download(hit.doc_id, hit.title, hit.price, hit.size, dest, state="starting", total=hit.size)
         self.state.downloads.append(download)
         self.tabs.setCurrentWidget(self.downloads_panel)
-        session = self.session
+        self._purchase(download)
+        return download
+
+    def retry(self, download: Download) -> None:
+        """Buy a failed download again: an open sale is resumed, not paid twice."""
+        download.restart()
+        self.state.downloads.touch(download)
+        self._purchase(download)
+
+    def cancel_sale(self, download: Download) -> None:
+        """Void the open sale a failed download left behind; the held money comes back."""
+        session, login = self.session, self.state.login
+
+        def work(client: Any) -> dict[str, Any] | None:
+            purchases = Purchases(Profile(session.settings.home, login))
+            sale_id = purchases.open_sale_for(download.doc_id)
+            if sale_id is None:
+                return None
+            result: dict[str, Any] = client.cancel(sale_id, reason="cancelled by the buyer")
+            purchases.forget(download.doc_id)
+            return result
+
+        def done(result: dict[str, Any] | None) -> None:
+            download.state = "cancelled"
+            download.message = ("no sale was open" if result is None
+                                else f"sale voided; {format_minor(result['released'])} released")
+            self.state.downloads.touch(download)
+            self.downloads_panel.log(f"{download.title}: {download.message}")
+            self.refresh_account()
+
+        self._run(work, done, modal=True)
+
+    def _purchase(self, download: Download) -> None:
+        session, doc_id, dest = self.session, download.doc_id, download.dest
 
         def work(job: Job) -> BuyResult:
             with session.client() as client:
-                return client.buy(hit.doc_id, dest, progress=job.progress, on_step=job.step)
+                return client.buy(doc_id, dest, progress=job.progress, on_step=job.step)
 
         def progress(done: int, total: int) -> None:
             download.state = "downloading" if done < total else "settling"
@@ -301,7 +339,7 @@ class MainWindow(QMainWindow):
             if not result.verified:
                 download.message = f"content did not verify; dispute filed: {result.dispute}"
             self.state.downloads.touch(download)
-            self.statusBar().showMessage(f"bought {hit.title} for {format_minor(result.price)}", 10_000)
+            self.statusBar().showMessage(f"bought {download.title} for {format_minor(result.price)}", 10_000)
             self.refresh_account()
 
         def failed(text: str) -> None:
@@ -313,7 +351,6 @@ class MainWindow(QMainWindow):
             self.refresh_account()
 
         self.runner.submit(work, done=done, failed=failed, progress=progress, step=step)
-        return download
 
     # -- sharing -----------------------------------------------------------------------------------
     def share_from_form(self) -> None:
