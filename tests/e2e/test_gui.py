@@ -293,6 +293,44 @@ def test_buy_runs_in_the_background_with_progress(qtbot, market: Market, tmp_pat
     _close(alice, alice.runner)
 
 
+def test_a_failed_download_can_be_cancelled_or_retried(qtbot, market: Market, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bob = _desktop(qtbot, market, "bob", tmp_path)
+    notes = next(h for h in bob.state.hits if h.title == "Replication notes")
+    panel = bob.downloads_panel
+
+    # Nobody serves the document: the sale opens (the price is held), the download fails.
+    first = bob.buy(notes)
+    qtbot.waitUntil(lambda: first.state == "failed", timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: bob.account_panel.held.text() == "4.99", timeout=WAIT_MS)
+    assert bob.account_panel.available.text() == "82.51"
+    assert not panel.retry_button.isEnabled()
+    panel.table.selectRow(0)
+    assert panel.retry_button.isEnabled() and panel.cancel_button.isEnabled()
+    panel.cancel_button.click()
+    qtbot.waitUntil(lambda: first.state == "cancelled", timeout=WAIT_MS)
+    assert first.message == "sale voided; 4.99 released"
+    qtbot.waitUntil(lambda: bob.account_panel.held.text() == "0.00", timeout=WAIT_MS)
+    assert bob.account_panel.available.text() == "87.50"
+    assert not panel.cancel_button.isEnabled()
+
+    # Fails again; once alice serves, Retry resumes the same sale instead of opening another.
+    second = bob.buy(notes)
+    qtbot.waitUntil(lambda: second.state == "failed", timeout=WAIT_MS)
+    alice = _desktop(qtbot, market, "alice", tmp_path)
+    alice.set_serving(True)
+    panel.table.selectRow(1)
+    panel.retry_button.click()
+    qtbot.waitUntil(lambda: second.state in ("done", "failed"), timeout=WAIT_MS)
+    assert second.state == "done", second.message
+    assert "resuming sale" in panel.steps.text()
+    qtbot.waitUntil(lambda: bob.account_panel.held.text() == "0.00", timeout=WAIT_MS)
+    assert bob.account_panel.available.text() == "82.51"
+    assert [s.status for s in bob.state.sales][:2] == ["settled", "voided"]
+    alice.set_serving(False)
+    _close(bob, bob.runner)
+    _close(alice, alice.runner)
+
+
 def test_a_refused_purchase_shows_the_coded_error(qtbot, market: Market, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     carol = _desktop(qtbot, market, "carol", tmp_path)
     hit = next(h for h in carol.state.hits if h.doc_id == market.doc_id)
@@ -354,7 +392,8 @@ def test_console_shows_the_replica_dead_letters_and_operates(qtbot, market: Mark
 
     window.account.setText("owner")
     window.lookup_button.click()
-    qtbot.waitUntil(lambda: "available <b>0.13</b>" in window.balance.text(), timeout=WAIT_MS)
+    # The commissions of the two sales: 12.50 and 4.99 at 1% (0.125 and 0.0499, each rounded half up).
+    qtbot.waitUntil(lambda: "available <b>0.18</b>" in window.balance.text(), timeout=WAIT_MS)
     _shoot(window, market.shots / "console.png")
 
     window.deposit_login.setText("nobody")
@@ -363,3 +402,22 @@ def test_console_shows_the_replica_dead_letters_and_operates(qtbot, market: Mark
     qtbot.waitUntil(lambda: window.last_error != "", timeout=WAIT_MS)
     assert window.last_error == "unknown_user: no user 'nobody'"
     _close(window, window.runner)
+
+
+def test_replica_board_keeps_a_replica_that_stops_reporting() -> None:
+    from console.gui.state import SILENT_AFTER_S, ReplicaBoard
+
+    def status(rid: str, role: str, seq: int) -> dict[str, object]:
+        return {"replica": rid, "role": role, "epoch": 2, "primary": "r1", "seq": seq, "lag": 0, "store": "",
+                "host": "h", "pid": 1, "uptime_s": 1.0, "halted": None, "commands_per_s": 0.0}
+
+    board = ReplicaBoard()
+    phases: list[str] = []
+    board.listeners.append(phases.append)
+    board.update([status("r2", "backup", 9), status("r1", "primary", 10)], now=100.0)
+    assert [r.replica for r in board] == ["r1", "r2"] and board[1].lag == 1
+    assert phases == ["before", "after"]
+
+    later = 100.0 + SILENT_AFTER_S + 1
+    board.update([status("r2", "primary", 15)], now=later)
+    assert [(r.replica, r.shown_role(later), r.lag) for r in board] == [("r2", "primary", 0), ("r1", "silent", 5)]
