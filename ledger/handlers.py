@@ -129,6 +129,11 @@ def _publish(state: State, sender: str, cmd: c.PublishDocument, ctx: Context) ->
     existing = state.documents.get(cmd.doc_id)
     if existing is not None and (existing.provider != sender or existing.published):
         raise errors.DuplicateDocument(f"document {cmd.doc_id} is already published")
+    if existing is not None and (existing.size, existing.sha256, existing.merkle_root, existing.segment_size) != (
+            cmd.size, cmd.sha256, cmd.merkle_root, cmd.segment_size):
+        # Disputes of past sales are judged against this document's root: it must never change.
+        raise errors.DuplicateDocument(f"document {cmd.doc_id} was published with other content; "
+                                       f"publish new content under a new id")
     fields = cmd.model_dump(exclude={"type", "schema_version"})
     return Decision([ev.DocumentPublished(provider=sender, **fields)], {"doc_id": cmd.doc_id})
 
