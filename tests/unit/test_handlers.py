@@ -368,3 +368,19 @@ def test_the_sealed_escrow_is_for_the_ledger_only(market: Book) -> None:
     assert open_sealed(market.ledger_key, sealed, escrow_info("s-1")) == key
     with pytest.raises(SealError):
         open_sealed(market.members["bob"].box, sealed, escrow_info("s-1"))
+
+
+def test_republishing_keeps_the_content_a_sale_was_judged_against(market: Book) -> None:
+    # The dispute of a sale is judged against the document's published Merkle root. A provider who could
+    # republish the same id with another root after selling would turn its cheating into "genuine".
+    open_and_escrow(market)
+    market.settle("bob", "s-1")
+    market.submit(c.Unpublish(doc_id="doc-1"), "alice")
+    forged = market.publish_command("doc-1", price=1000).model_copy(update={"merkle_root": "ee" * 32})
+    refused(market, forged, "alice", "duplicate_document", "other content")
+    # Republishing the same content (at a new price) is fine.
+    market.submit(market.publish_command("doc-1", price=1100), "alice")
+    assert market.state.documents["doc-1"].published
+    assert market.state.documents["doc-1"].price == 1100
+    decision = market.submit(market.evidence("s-1", 0, cheat=True), "bob")
+    assert decision.result["provider_cheated"] is True
