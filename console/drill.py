@@ -43,7 +43,8 @@ from console.status import collect_status
 
 __all__ = ["drill", "main"]
 
-FAULTS = ("kill", "pause", "cut")
+FAULTS = ("kill", "pause", "cut", "broker")
+DEFAULT_FAULTS = ("kill", "pause", "cut")
 
 
 @dataclass
@@ -62,7 +63,8 @@ class _Replica:
         if self.link is not None:
             env["ACB_BROKER_URL"] = self.link.broker_url(env["ACB_BROKER_URL"])
             cmd = ["ip", "netns", "exec", self.link.ns] + cmd
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=self.log.open("ab"))
+        with self.log.open("ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
 
     def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -161,7 +163,7 @@ def _await_new_primary(url: str, names: Names, replicas: dict[str, _Replica], ol
     return None
 
 
-def drill(replicas: int = 3, rounds: int = 5, *, clients: int = 4, faults: tuple[str, ...] = FAULTS,
+def drill(replicas: int = 3, rounds: int = 5, *, clients: int = 4, faults: tuple[str, ...] = DEFAULT_FAULTS,
           round_seconds: float = 2.0, url: str | None = None, say: Any = print, keep: bool = False) -> dict[str, Any]:
     """Run the drill and return its report (see the module docstring)."""
     from ledger.keys import init_system, load_operator_key
@@ -232,15 +234,24 @@ def drill(replicas: int = 3, rounds: int = 5, *, clients: int = 4, faults: tuple
                 victim.proc.wait()
             elif fault == "pause":
                 victim.signal(signal.SIGSTOP)
+            elif fault == "broker":
+                # The whole broker goes away and comes back: every connection breaks at once.
+                subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True, timeout=120)
+                time.sleep(1.0)
+                subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True, timeout=120)
+                subprocess.run(["rabbitmqctl", "await_startup"], check=True, capture_output=True, timeout=120)
             else:
                 assert victim.link is not None
                 victim.link.cut()
-            new = _await_new_primary(url, names, procs, old, epoch, 30)
+            new = (_await_new_primary(url, names, procs, "", epoch, 60) if fault == "broker"
+                   else _await_new_primary(url, names, procs, old, epoch, 30))
             took = time.monotonic() - strike
             if fault == "kill":
                 victim.start()
             elif fault == "pause":
                 victim.signal(signal.SIGCONT)
+            elif fault == "broker":
+                pass
             else:
                 assert victim.link is not None
                 victim.link.restore()

@@ -79,7 +79,15 @@ def _client(settings: Settings, *, login: str | None = None, need_login: bool = 
     identity = Profile(settings.home, login).session() if login else None
     if need_login and identity is None:
         raise NotLoggedIn("not logged in: run `acb register LOGIN` or `acb login LOGIN` first")
-    return Client(broker, settings.home, identity, on_wait=_waiter())
+    return Client(broker, settings.home, identity, on_wait=_waiter(), timeout=_reply_timeout())
+
+
+def _reply_timeout() -> float:
+    """How long a command waits for the ledger (``ACB_REPLY_TIMEOUT`` seconds, default 60)."""
+    try:
+        return float(os.environ.get("ACB_REPLY_TIMEOUT", "60"))
+    except ValueError as exc:
+        raise CliError("ACB_REPLY_TIMEOUT must be a number of seconds") from exc
 
 
 # -- user commands ---------------------------------------------------------------------------------
@@ -266,7 +274,8 @@ def cmd_init(args: argparse.Namespace, s: Settings) -> int:
 def _operator_client(s: Settings) -> tuple[Client, Any]:
     from ledger.keys import load_operator_key
 
-    return Client(BrokerClient(s.broker_url, s.names), s.home, on_wait=_waiter()), load_operator_key(s.home)
+    return (Client(BrokerClient(s.broker_url, s.names), s.home, on_wait=_waiter(), timeout=_reply_timeout()),
+            load_operator_key(s.home))
 
 
 def cmd_deposit(args: argparse.Namespace, s: Settings) -> int:
@@ -438,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     fo.add_argument("--replicas", type=int, default=3)
     fo.add_argument("--rounds", type=int, default=5)
     fo.add_argument("--clients", type=int, default=4)
-    fo.add_argument("--faults", default="kill,pause,cut", help="comma list of kill, pause, cut (rotated)")
+    fo.add_argument("--faults", default="kill,pause,cut",
+                    help="comma list of kill, pause, cut, broker (rotated; broker restarts RabbitMQ's app)")
     fo.add_argument("--round-seconds", type=float, default=2.0, dest="round_seconds")
     fo.add_argument("--keep", action="store_true", help="keep the stores and logs")
     fo.add_argument("--json", action="store_true")

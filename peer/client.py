@@ -48,8 +48,9 @@ class Client:
     """One user's (or the operator's) connection to ACB."""
 
     def __init__(self, broker: BrokerClient, home: Path, identity: Identity | None = None,
-                 *, on_wait: Callable[[float], None] | None = None) -> None:
+                 *, on_wait: Callable[[float], None] | None = None, timeout: float = 60.0) -> None:
         self.broker = broker
+        self.timeout = timeout
         self.home = home
         self.identity = identity
         self.on_wait = on_wait
@@ -62,26 +63,26 @@ class Client:
         return self.identity
 
     def send(self, payload: BaseModel, *, sender: str | None = None, key: Ed25519PrivateKey | None = None,
-             command_id: str | None = None, timeout: float = 60.0) -> Reply:
+             command_id: str | None = None, timeout: float | None = None) -> Reply:
         """Sign and send a command; return its (successful) reply or raise its rejection."""
         if sender is None:
             me = self._me()
             sender, key = me.login, me.sign_key
         env = seal(payload, sender=sender, key=key, id=command_id)
-        reply = self.broker.request(env, timeout=timeout, on_wait=self.on_wait).unwrap()
+        reply = self.broker.request(env, timeout=timeout or self.timeout, on_wait=self.on_wait).unwrap()
         if reply.seq:
             self.last_seq = max(self.last_seq, reply.seq)
         return reply
 
     def ask(self, payload: BaseModel, *, signed: bool = True, sender: str | None = None,
-            key: Ed25519PrivateKey | None = None, timeout: float = 30.0) -> dict[str, Any]:
+            key: Ed25519PrivateKey | None = None, timeout: float | None = None) -> dict[str, Any]:
         """Send a read query (to a backup) and return its result."""
         if signed and sender is None:
             me = self._me()
             sender, key = me.login, me.sign_key
         env = seal(payload, sender=sender or "anonymous", key=key if signed else None, kind="query",
                    min_seq=self.last_seq)
-        reply = self.broker.request(env, timeout=timeout, on_wait=self.on_wait).unwrap()
+        reply = self.broker.request(env, timeout=timeout or self.timeout, on_wait=self.on_wait).unwrap()
         return reply.result
 
     # -- identity ----------------------------------------------------------------------------------

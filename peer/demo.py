@@ -89,8 +89,9 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         say(f"setting up in {work} on RabbitMQ {names.prefix}.* (a private prefix, removed afterwards)")
         init_system(work)
         store = f"sqlite:///{work / 'ledger.db'}"
-        procs.append(subprocess.Popen(acb + ["ledger", "run", "--replica-id", "demo-ledger", "--store", store],
-                                      env=env, stdout=subprocess.DEVNULL, stderr=open(work / "ledger.log", "wb")))
+        with (work / "ledger.log").open("wb") as log:  # the child keeps its own descriptor
+            procs.append(subprocess.Popen(acb + ["ledger", "run", "--replica-id", "demo-ledger", "--store", store],
+                                          env=env, stdout=subprocess.DEVNULL, stderr=log))
         brokers: list[BrokerClient] = []
 
         def client() -> Client:
@@ -120,8 +121,9 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         say.detail(f"committed to sha256 {shared['sha256'][:24]}… and Merkle root {shared['merkle_root'][:24]}…")
 
         serve_env = {**env, "ACB_USER": "alice"}
-        server = subprocess.Popen(acb + ["serve", "--listen", f"127.0.0.1:{port}"], env=serve_env,
-                                  stdout=subprocess.PIPE, stderr=open(work / "serve.log", "wb"))
+        with (work / "serve.log").open("wb") as log:
+            server = subprocess.Popen(acb + ["serve", "--listen", f"127.0.0.1:{port}"], env=serve_env,
+                                      stdout=subprocess.PIPE, stderr=log)
         procs.append(server)
         assert server.stdout is not None
         line = server.stdout.readline().decode().strip()
@@ -177,6 +179,8 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+            if p.stdout is not None:
+                p.stdout.close()
         if not getattr(args, "keep", False):
             try:
                 conn = connect(settings.broker_url)
