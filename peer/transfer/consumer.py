@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Self
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -47,7 +47,7 @@ class Evidence(NamedTuple):
     ciphertext: bytes
 
     @property
-    def index(self) -> int:
+    def segment(self) -> int:
         """The segment the evidence is about (as the signed entry says)."""
         return self.entry.entry.index
 
@@ -250,7 +250,7 @@ class _Sockets:
         self.control.attach(sock)
         return sock
 
-    def __enter__(self) -> _Sockets:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -291,7 +291,8 @@ def _open(
     protocol.read_reply(sock)
     ctx = client_context(identity_key, cert_pem, provider_cert_pem)
     try:
-        tls = socks.add(ctx.wrap_socket(sock, do_handshake_on_connect=False))
+        tls = ctx.wrap_socket(sock, do_handshake_on_connect=False)
+        socks.add(tls)
         tls.do_handshake()
     except (ssl.SSLError, OSError) as exc:
         if socks.control.cancelled:

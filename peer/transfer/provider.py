@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Self
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -164,7 +165,7 @@ class ProviderServer:
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
 
-    def __enter__(self) -> ProviderServer:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -90,7 +90,7 @@ class Receiver:
             t.start()
         try:
             self._receive(stream, start, free, to_verify)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the receiving thread
             self._fail(exc)
         finally:
             to_verify.put(None)
@@ -192,7 +192,7 @@ class Receiver:
                         self._verify(*item)
                         outbox.put(item)
                         continue
-                    except BaseException as exc:
+                    except BaseException as exc:  # noqa: BLE001 - handed to the receiving thread
                         broken = True
                         self._fail(exc)
                 free.put(item[2])
@@ -230,7 +230,7 @@ class Receiver:
                     with self._cond:
                         self._written = index + 1
                         self._cond.notify_all()
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - handed to the receiving thread
                 self._fail(JournalError(f"cannot store segment {index}: {exc}"))
             finally:
                 free.put(buf)
@@ -247,5 +247,5 @@ class Receiver:
                     self.store.commit(upto)
                 if finished:
                     return
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the receiving thread
             self._fail(JournalError(f"cannot make the download durable: {exc}"))

@@ -122,7 +122,7 @@ class _Prefetch:
                     return
                 self._ready.put((self._source.prepare(index, bufs), bufs))
             self._ready.put(None)
-        except Exception as exc:  # handed to the consuming thread, which reports it
+        except Exception as exc:  # noqa: BLE001 - handed to the consuming thread, which reports it
             self._ready.put(exc)
 
     def _take(self) -> tuple[bytearray, bytearray] | None:

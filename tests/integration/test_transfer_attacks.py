@@ -31,18 +31,22 @@ from peer.transfer import (
     SegmentTruncated,
     TransferError,
     decrypt_file,
+    protocol,
 )
-from peer.transfer import protocol
 from peer.transfer.source import Frame, SegmentSource
 from peer.transfer.tls import client_context
-from tests.integration.test_transfer_support import (  # noqa: F401
-    SEG,
-    Market,
-    User,
-    market,
-    running,
-    wait_for,
-)
+from tests.integration.test_transfer_support import SEG, Market, User, wait_for
+
+
+@pytest.fixture
+def market(tmp_path: Path) -> Market:
+    return Market(tmp_path)
+
+
+@pytest.fixture
+def running(market: Market) -> Iterator[ProviderServer]:
+    with market.server() as server:
+        yield server
 
 
 def _read_all(sock: socket.socket) -> bytes:
@@ -84,10 +88,12 @@ def test_bare_tls_client_like_openssl_s_client_is_refused(market: Market, runnin
     market.sell("s1")
     stranger = User.make("mallory")
     ctx = client_context(stranger.key, stranger.cert, market.provider.cert)
-    with socket.create_connection(("127.0.0.1", running.port)) as raw:
-        with pytest.raises(ssl.SSLError):
-            with ctx.wrap_socket(raw) as tls:
-                tls.recv(1)
+    with (
+        socket.create_connection(("127.0.0.1", running.port)) as raw,
+        pytest.raises(ssl.SSLError),
+        ctx.wrap_socket(raw) as tls,
+    ):
+        tls.recv(1)
     assert wait_for(lambda: running.uploads()[-1].state == "refused")
     assert "ACB1" in (running.uploads()[-1].error or "")
 
@@ -118,9 +124,8 @@ def test_impostor_provider_is_refused_by_the_consumer(market: Market, tmp_path: 
     market.sell("s1")
     impostor = User.make("alice")  # right name, wrong key
     server = ProviderServer(impostor.key, "alice", impostor.cert, market.authorize)
-    with server:
-        with pytest.raises(AuthenticationFailed, match="provider is not alice"):
-            market.download(server, "s1", tmp_path / "dl")
+    with server, pytest.raises(AuthenticationFailed, match="provider is not alice"):
+        market.download(server, "s1", tmp_path / "dl")
 
 
 # ---------------------------------------------------------------------------- dishonest provider
@@ -201,7 +206,7 @@ def _hang_up_mid_segment(src: SegmentSource, frame: Frame) -> list[Frame]:
 
 
 def _reorder(src: SegmentSource, frame: Frame) -> list[Frame]:
-    index, head, ct = frame
+    index, _head, _ct = frame
     if index == AT:
         return []  # skip: the next segment arrives where this one was due
     return [frame]
@@ -239,9 +244,8 @@ def test_bad_segment_is_caught_and_good_ones_are_kept(
     market: Market, tmp_path: Path, tamper: Tamper, error: type[Exception], message: str
 ) -> None:
     key = market.sell("s1")
-    with _dishonest(market, tamper) as bad:
-        with pytest.raises(error, match=message):
-            market.download(bad, "s1", tmp_path / "dl")
+    with _dishonest(market, tamper) as bad, pytest.raises(error, match=message):
+        market.download(bad, "s1", tmp_path / "dl")
     # The honest provider (same sale) completes the download from segment AT on.
     with market.server() as good:
         result = market.download(good, "s1", tmp_path / "dl")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,18 @@ from peer.transfer import (
     decrypt_file,
     load_download,
 )
-from tests.integration.test_transfer_support import Market, market, running, wait_for  # noqa: F401
+from tests.integration.test_transfer_support import Market, wait_for
+
+
+@pytest.fixture
+def market(tmp_path: Path) -> Market:
+    return Market(tmp_path)
+
+
+@pytest.fixture
+def running(market: Market) -> Iterator[ProviderServer]:
+    with market.server() as server:
+        yield server
 
 
 def _decrypt(market: Market, result: DownloadResult, key: bytes, out: Path) -> bytes:
@@ -80,7 +92,7 @@ def test_several_consumers_at_once(market: Market, running: ProviderServer, tmp_
         buyer = market.user(market.sales[sale][0])
         try:
             results[sale] = market.download(running, sale, tmp_path / sale, as_user=buyer, rate_limit_bps=2_000_000)
-        except BaseException as exc:  # surfaced below
+        except Exception as exc:  # noqa: BLE001 - surfaced by the assertion below
             errors.append(exc)
 
     threads = [threading.Thread(target=fetch, args=(s,)) for s in keys]

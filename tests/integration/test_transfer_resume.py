@@ -4,13 +4,33 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from peer.transfer import ConnectionLost, DownloadResult, TransferCancelled, TransferControl, decrypt_file
+from peer.transfer import (
+    ConnectionLost,
+    DownloadResult,
+    ProviderServer,
+    TransferCancelled,
+    TransferControl,
+    decrypt_file,
+)
 from peer.transfer.journal import slot_size
-from tests.integration.test_transfer_support import SEG, Market, market, progress_hook, running, wait_for  # noqa: F401
+from tests.integration.test_transfer_support import SEG, Market, progress_hook, wait_for
+
+
+@pytest.fixture
+def market(tmp_path: Path) -> Market:
+    return Market(tmp_path)
+
+
+@pytest.fixture
+def running(market: Market) -> Iterator[ProviderServer]:
+    with market.server() as server:
+        yield server
+
 
 _REC = struct.Struct(">BI")
 HEADER, ENTRY, COMMIT, COMPLETE = 1, 2, 3, 4
@@ -68,10 +88,10 @@ def test_cancel_mid_way_then_resume(tmp_path: Path) -> None:
     _check(market, result, key, tmp_path / "out.bin")
 
 
-def test_crash_where_the_journal_lags_the_data(market: Market, running: object, tmp_path: Path) -> None:
+def test_crash_where_the_journal_lags_the_data(market: Market, running: ProviderServer, tmp_path: Path) -> None:
     key = market.sell("s1")
     dest = tmp_path / "dl"
-    full = market.download(running, "s1", dest)  # type: ignore[arg-type]
+    full = market.download(running, "s1", dest)
     records = _records(full.journal_path)
     header = [r for k, _, r in records if k == HEADER]
     entries = {_entry_index(p): r for k, p, r in records if k == ENTRY}
@@ -84,7 +104,7 @@ def test_crash_where_the_journal_lags_the_data(market: Market, running: object, 
     with open(full.ct_path, "r+b") as fh:
         fh.seek(3 * slot_size(SEG) + 100)
         fh.write(b"\xff" * 50)
-    result = market.download(running, "s1", dest)  # type: ignore[arg-type]
+    result = market.download(running, "s1", dest)
     assert result.segments_rechecked == 1  # segment 2 only: 0-1 trusted, 3 failed its re-check
     assert result.resumed_from == 3
     assert result.segments_received == result.segment_count - 3
@@ -92,14 +112,14 @@ def test_crash_where_the_journal_lags_the_data(market: Market, running: object, 
 
 
 def test_crash_with_only_the_header_journaled_refetches_everything(
-    market: Market, running: object, tmp_path: Path
+    market: Market, running: ProviderServer, tmp_path: Path
 ) -> None:
     key = market.sell("s1")
     dest = tmp_path / "dl"
-    full = market.download(running, "s1", dest)  # type: ignore[arg-type]
+    full = market.download(running, "s1", dest)
     header = [r for k, _, r in _records(full.journal_path) if k == HEADER]
     _keep(full.journal_path, header)
-    result = market.download(running, "s1", dest)  # type: ignore[arg-type]
+    result = market.download(running, "s1", dest)
     assert (result.resumed_from, result.segments_received) == (0, result.segment_count)
     _check(market, result, key, tmp_path / "out.bin")
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.content import FileCommitment, describe_file, key_commitment
@@ -97,21 +96,6 @@ class Market:
             provider_public_key=self.provider.public, size=self.commitment.size, segment_size=SEG,
             merkle_root_hex=self.commitment.merkle_root, dest_dir=dest, io_timeout=10.0, **kw,
         )
-
-
-@pytest.fixture
-def market(tmp_path: Path) -> Market:
-    return Market(tmp_path)
-
-
-@pytest.fixture
-def running(market: Market) -> Iterator[ProviderServer]:
-    server = market.server()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def progress_hook(when: Callable[[int, int], bool], action: Callable[[], None]) -> Callable[[int, int], None]:

@@ -81,7 +81,9 @@ def test_odd_counts_reject_wrong_index_count_leaf_or_proof(n: int) -> None:
 
 def test_odd_count_promotes_last_node_instead_of_duplicating_it() -> None:
     leaves = _leaves(3)
-    node = lambda a, b: hashlib.sha256(b"\x01" + a + b).digest()  # noqa: E731
+    def node(a: bytes, b: bytes) -> bytes:
+        return hashlib.sha256(b"\x01" + a + b).digest()
+
     assert content.merkle_root(leaves) == node(node(leaves[0], leaves[1]), leaves[2])
     assert content.merkle_proof(leaves, 2) == [node(leaves[0], leaves[1])]
 
@@ -175,10 +177,10 @@ def test_segment_cipher_buffers_match_one_shot_functions() -> None:
 
 
 def _header(**over: object) -> ManifestHeader:
-    fields: dict[str, object] = dict(
-        sale_id="s1", doc_id="d1", provider="alice", consumer="bob", key_commitment="ab" * 32,
-        size=10, segment_size=SEG, segment_count=1, merkle_root="cd" * 32,
-    )
+    fields: dict[str, object] = {
+        "sale_id": "s1", "doc_id": "d1", "provider": "alice", "consumer": "bob", "key_commitment": "ab" * 32,
+        "size": 10, "segment_size": SEG, "segment_count": 1, "merkle_root": "cd" * 32,
+    }
     fields.update(over)
     return ManifestHeader(**fields)  # type: ignore[arg-type]
 

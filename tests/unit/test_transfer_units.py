@@ -14,8 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.content import ManifestEntry, ManifestHeader, ciphertext_hash, sign_entry, sign_header
-from peer.transfer import TransferCancelled, TransferControl, TransferRefused
-from peer.transfer import protocol
+from peer.transfer import TransferCancelled, TransferControl, TransferRefused, protocol
 from peer.transfer.errors import JournalError, ProtocolError
 from peer.transfer.journal import DownloadStore, slot_size
 from peer.transfer.tls import certificate_login, certificate_public_key, make_certificate
