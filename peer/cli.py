@@ -329,6 +329,12 @@ def cmd_bench(args: argparse.Namespace, s: Settings) -> int:
     raise CliError(f"no benchmark {args.what!r}")
 
 
+def _gui(entry: str, args: argparse.Namespace) -> int:
+    from peer import gui_cli
+
+    return int(getattr(gui_cli, entry)(args.gui_args))
+
+
 # -- parser ----------------------------------------------------------------------------------------
 
 def _lazy(module: str, name: str) -> Callable[[argparse.Namespace, Settings], int]:
@@ -452,6 +458,11 @@ def build_parser() -> argparse.ArgumentParser:
     fo.add_argument("--round-seconds", type=float, default=2.0, dest="round_seconds")
     fo.add_argument("--keep", action="store_true", help="keep the stores and logs")
     fo.add_argument("--json", action="store_true")
+
+    sp = add("gui", lambda a, s: _gui("desktop_main", a), "the desktop client (PySide6)")
+    sp.add_argument("gui_args", nargs=argparse.REMAINDER, help="--login LOGIN, --tab TAB, --screenshot PATH")
+    sp = add("console", lambda a, s: _gui("console_main", a), "the operator console (PySide6)")
+    sp.add_argument("gui_args", nargs=argparse.REMAINDER, help="--interval SECONDS, --screenshot PATH")
 
     sp = add("demo", cmd_demo, "run a whole paid download end to end on this machine", json_flag=True)
     sp.add_argument("--keep", action="store_true", help="keep the demo's files and broker objects")
