@@ -13,6 +13,7 @@ import json
 import os
 import zlib
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,12 +159,20 @@ class Store:
             raise StoreError(f"snapshot to {self.safe_url} failed: {exc}") from exc
 
     # -- reading ---------------------------------------------------------------------------------
+    @contextmanager
+    def _reading(self) -> Iterator[sa.Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(f"read from {self.safe_url} failed: {exc}") from exc
+
     def get_meta(self, key: str) -> str | None:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return conn.execute(sa.select(META.c.value).where(META.c.key == key)).scalar()
 
     def head(self) -> tuple[int, str | None]:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             row = conn.execute(sa.select(EVENTS.c.seq, EVENTS.c.hash).order_by(EVENTS.c.seq.desc()).limit(1)).first()
         return (row[0], row[1]) if row else (0, None)
 
@@ -174,7 +183,7 @@ class Store:
             query = sa.select(EVENTS).where(EVENTS.c.seq > last).order_by(EVENTS.c.seq).limit(batch)
             if upto is not None:
                 query = query.where(EVENTS.c.seq <= upto)
-            with self.engine.connect() as conn:
+            with self._reading() as conn:
                 got = conn.execute(query).all()
             for r in got:
                 yield _from_db(r)
@@ -187,7 +196,7 @@ class Store:
         query = sa.select(SNAPSHOTS).order_by(SNAPSHOTS.c.seq.desc()).limit(1)
         if at_most is not None:
             query = query.where(SNAPSHOTS.c.seq <= at_most)
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             row = conn.execute(query).first()
         if row is None:
             return None
