@@ -138,6 +138,16 @@ class TestStoreContract:
         store.append(rows[5:], {"stream_offset": "6"})
         assert list(store.rows()) == rows
 
+    def test_a_failing_read_is_a_store_error(self, store: Store) -> None:
+        with store.engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE events"))
+            conn.execute(sa.text("DROP TABLE snapshots"))
+            conn.execute(sa.text("DROP TABLE replica_meta"))
+        for read in (store.head, lambda: list(store.rows()), store.latest_snapshot,
+                     lambda: store.get_meta("stream_offset")):
+            with pytest.raises(StoreError, match="read from .* failed"):
+                read()
+
     def test_a_store_replays_to_the_state_that_wrote_it(self, store: Store) -> None:
         book, rows = make_rows()
         for start in range(0, len(rows), 7):
