@@ -266,7 +266,8 @@ def _dispute(state: State, sender: str, cmd: c.FileDispute, ctx: Context) -> Dec
         event = ev.DisputeResolved(sale_id=sale.sale_id, index=cmd.index, provider_cheated=True,
                                    reason=verdict.reason, refund=sale.price, penalty=0)
     else:
-        penalty = min(max(fee(sale.price, state.fee_bps), 1), state.balance(sender))
+        # Never below zero: a disputer who owes money (a struck provider) must not be paid for losing.
+        penalty = max(0, min(max(fee(sale.price, state.fee_bps), 1), state.balance(sender)))
         event = ev.DisputeResolved(sale_id=sale.sale_id, index=cmd.index, provider_cheated=False,
                                    reason=verdict.reason, refund=0, penalty=penalty)
     return Decision([event], {"sale_id": sale.sale_id, "provider_cheated": verdict.provider_cheated,
