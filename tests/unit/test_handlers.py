@@ -384,3 +384,31 @@ def test_republishing_keeps_the_content_a_sale_was_judged_against(market: Book) 
     assert market.state.documents["doc-1"].price == 1100
     decision = market.submit(market.evidence("s-1", 0, cheat=True), "bob")
     assert decision.result["provider_cheated"] is True
+
+
+def test_a_lost_dispute_never_pays_a_consumer_who_owes(book: Book) -> None:
+    # bob buys from alice, then sells to carol, spends his takings, and loses carol's dispute: he owes.
+    for login in ("alice", "bob", "carol"):
+        book.register(login)
+    book.deposit("bob", 1000)
+    book.deposit("carol", 1000)
+    book.publish("alice", "doc-1", price=1000)
+    book.open_sale("bob", "s-1", "doc-1")
+    book.escrow("s-1")
+    book.settle("bob", "s-1")
+    book.publish("bob", "doc-b", price=500)
+    book.open_sale("carol", "s-2", "doc-b")
+    book.escrow("s-2")
+    book.settle("carol", "s-2")
+    book.publish("alice", "doc-2", price=495)
+    book.open_sale("bob", "s-3", "doc-2")
+    book.submit(book.evidence("s-2", 0, cheat=True), "carol")
+    assert book.state.balance("bob") == -495
+    owner = book.state.balance("owner")
+    # Now bob files a false dispute about alice's genuine document.
+    decision = book.submit(book.evidence("s-1", 0, cheat=False), "bob")
+    assert decision.result["provider_cheated"] is False
+    assert decision.result["penalty"] == 0
+    assert book.state.balance("bob") == -495
+    assert book.state.balance("owner") == owner
+    assert invariant_violations(book.state) == []
