@@ -68,9 +68,13 @@ def authenticate(state: State, env: Envelope, ctx: Context) -> None:
     verify(env, bytes.fromhex(user.sign_key))
 
 
-def decide(state: State, env: Envelope, ctx: Context) -> Decision:
-    """Authenticate and decide a command. Raises CommandRejected; returns the events otherwise."""
-    authenticate(state, env, ctx)
+def decide(state: State, env: Envelope, ctx: Context, *, authenticated: bool = False) -> Decision:
+    """Authenticate (unless the caller just did) and decide a command.
+
+    Raises CommandRejected; returns the events otherwise.
+    """
+    if not authenticated:
+        authenticate(state, env, ctx)
     payload = env.payload
     handler = _HANDLERS.get(type(payload))
     if handler is None:

@@ -34,7 +34,7 @@ from broker.topology import Names, declare
 from ledger.errors import LedgerError
 from ledger.events import EpochStarted
 from ledger.follower import Follower
-from ledger.handlers import Context, decide, expire_holds
+from ledger.handlers import Context, authenticate, decide, expire_holds
 from ledger.log import ACCEPTED, LogBatch, LogEntry, fold_entry
 from ledger.model import State
 
@@ -46,6 +46,9 @@ _BATCH = 256
 _CONFIRM_TIMEOUT = 10.0
 # Refusals are not in the log; remember recent ones so a retry gets the same answer.
 _REJECTED_MEMORY = 50_000
+# Messages no ledger could ever apply go to the dead-letter queue with the reason; business refusals
+# (insufficient funds, unknown user, ...) are answers, not dead letters.
+_UNHANDLEABLE = (errors.Malformed, errors.UnknownType, errors.UnsupportedVersion, errors.BadSignature)
 
 
 class Deposed(Exception):
@@ -198,25 +201,33 @@ class CommandProcessor:
     def _decide(self, tentative: State, props: Any, body: bytes, ctx: Context, ch: Any
                 ) -> tuple[Reply | None, LogEntry | None, State]:
         me = self.replica_id
+        ident = props.correlation_id or "unknown"
         try:
             env = open_envelope(body)
+            if env.kind != "command":
+                raise errors.Malformed("a query was sent to the command queue")
+            ident = env.id
+            # Authenticate before answering from either cache: a stranger reusing an id learns nothing
+            # and cannot plant a refusal for the owner of that id.
+            authenticate(tentative, env, ctx)
         except errors.CommandRejected as exc:
-            self._dead_letter(ch, props, body, str(exc))
-            ident = props.correlation_id or "unknown"
+            if isinstance(exc, _UNHANDLEABLE):
+                self._dead_letter(ch, props, body, str(exc))
             return Reply.failure(ident, exc, me), None, tentative
-        if env.kind != "command":
-            exc = errors.Malformed("a query was sent to the command queue")
-            self._dead_letter(ch, props, body, str(exc))
-            return Reply.failure(env.id, exc, me), None, tentative
+        except Exception as exc:  # whatever the bytes do to a parser, the ledger goes on
+            log.exception("command %s does not parse", ident)
+            self._dead_letter(ch, props, body, f"unparseable: {exc!r}")
+            return Reply.failure(ident, errors.Malformed(f"message does not parse: {type(exc).__name__}"), me), \
+                None, tentative
         done = tentative.commands.get(env.id)
         if done is not None:
             return Reply(id=env.id, ok=True, seq=done["seq"], result=done["result"], served_by=me), None, tentative
         if env.id in self._rejected:
             return self._rejected[env.id], None, tentative
         try:
-            decision = decide(tentative, env, ctx)
+            decision = decide(tentative, env, ctx, authenticated=True)
         except errors.CommandRejected as exc:
-            if isinstance(exc, (errors.BadSignature, errors.Malformed)):
+            if isinstance(exc, _UNHANDLEABLE):
                 self._dead_letter(ch, props, body, str(exc))
             reply = Reply.failure(env.id, exc, me)
             self._remember(env, reply)

@@ -36,6 +36,8 @@ __all__ = ["answer", "ReadServer", "CHALLENGE_TTL_MS"]
 
 log = logging.getLogger(__name__)
 CHALLENGE_TTL_MS = 120_000
+_WAIT_SECONDS = 5.0  # how long a query may wait for this replica to reach its min_seq
+_MAX_WAITING = 10_000
 _PRIVATE_OF = {"balance": "account", "flows": "account", "sales": "account"}
 
 
@@ -163,6 +165,7 @@ class ReadServer:
         self.is_primary = is_primary
         self.served = 0
         self._role_changed = threading.Event()
+        self._waiting: list[tuple[float, Any, Envelope]] = []
 
     def role_changed(self, _primary: bool) -> None:
         self._role_changed.set()
@@ -187,14 +190,16 @@ class ReadServer:
                 self._role_changed.clear()
                 priority = PRIMARY_PRIORITY if self.is_primary() else BACKUP_PRIORITY
                 for method, props, body in ch.consume(self.names.reads, arguments={"x-priority": priority},
-                                                      inactivity_timeout=0.2):
+                                                      inactivity_timeout=0.05):
                     if method is not None:
                         self._handle(ch, props, body)
                         ch.basic_ack(method.delivery_tag)
+                    self._answer_waiting(ch)
                     if stop.is_set() or self._role_changed.is_set() or self.follower.halted is not None:
                         break
                 ch.cancel()  # requeues what was prefetched; another replica answers it
         finally:
+            self._waiting.clear()  # their clients resend; another replica answers
             try:
                 conn.close()
             except (pika.exceptions.AMQPError, OSError):
@@ -207,17 +212,47 @@ class ReadServer:
             ident = env.id
             if env.kind != "query":
                 raise errors.Malformed("a command was sent to the reads queue")
-            if env.min_seq and not self.follower.wait_seq(env.min_seq, 5.0):
-                raise errors.Lagging(f"replica {self.replica_id} is at seq {self.follower.state.seq}, "
-                                     f"asked for {env.min_seq}")
-            result = answer(self.follower.state, env, self.keys, self.catalog, int(time.time() * 1000))
-            reply = Reply(id=ident, ok=True, seq=self.follower.state.seq, result=result, served_by=self.replica_id)
+            if env.min_seq > self.follower.state.seq:
+                # Read-your-writes: park the query instead of blocking the others behind it.
+                if len(self._waiting) >= _MAX_WAITING:
+                    raise errors.Lagging(f"replica {self.replica_id} has too many queries waiting; try again")
+                self._waiting.append((time.monotonic() + _WAIT_SECONDS, props, env))
+                return
+            reply = self._answer(env)
         except errors.CommandRejected as exc:
             reply = Reply.failure(ident, exc, self.replica_id)
         except Exception as exc:  # never let one bad query stop the reads
             log.exception("query %s failed", ident)
             reply = Reply.failure(ident, errors.RemoteError(f"internal error: {exc!r}", code="internal"),
                                   self.replica_id)
+        self._send(ch, props, reply)
+
+    def _answer(self, env: Envelope) -> Reply:
+        state = self.follower.state
+        result = answer(state, env, self.keys, self.catalog, int(time.time() * 1000))
+        return Reply(id=env.id, ok=True, seq=state.seq, result=result, served_by=self.replica_id)
+
+    def _answer_waiting(self, ch: Any) -> None:
+        if not self._waiting:
+            return
+        now, seq = time.monotonic(), self.follower.state.seq
+        still: list[tuple[float, Any, Envelope]] = []
+        for deadline, props, env in self._waiting:
+            if env.min_seq <= seq:
+                try:
+                    reply = self._answer(env)
+                except errors.CommandRejected as exc:
+                    reply = Reply.failure(env.id, exc, self.replica_id)
+            elif now >= deadline:
+                reply = Reply.failure(env.id, errors.Lagging(
+                    f"replica {self.replica_id} is at seq {seq}, asked for {env.min_seq}"), self.replica_id)
+            else:
+                still.append((deadline, props, env))
+                continue
+            self._send(ch, props, reply)
+        self._waiting = still
+
+    def _send(self, ch: Any, props: Any, reply: Reply) -> None:
         self.served += 1
         if props.reply_to:
             ch.basic_publish("", props.reply_to, reply.to_bytes(),
