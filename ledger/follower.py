@@ -19,6 +19,7 @@ from typing import Any
 import pika.exceptions
 
 from broker.client import connect
+from broker.errors import BrokerError
 from broker.topology import Names, declare
 from ledger.errors import ChainBroken, LedgerError
 from ledger.log import ACCEPTED, HALT, LogBatch, LogEntry, Outcome, fold_entry, replay_row
@@ -79,8 +80,11 @@ class Follower:
             for e in entry_ids:
                 self._expected[e] = None
 
-    def wait_for(self, entry_ids: list[str], timeout: float) -> dict[str, Outcome | None]:
-        """Outcomes of expected entries, waiting until all are known or ``timeout`` passes."""
+    def wait_for(self, entry_ids: list[str], timeout: float, *, keep: bool = False) -> dict[str, Outcome | None]:
+        """Outcomes of expected entries, waiting until all are known or ``timeout`` passes.
+
+        The entries are forgotten afterwards unless ``keep`` (to wait again).
+        """
         deadline = time.monotonic() + timeout
         with self._cond:
             while any(self._expected.get(e) is None for e in entry_ids) and self.halted is None:
@@ -88,6 +92,8 @@ class Follower:
                 if left <= 0:
                     break
                 self._cond.wait(left)
+            if keep:
+                return {e: self._expected.get(e) for e in entry_ids}
             return {e: self._expected.pop(e, None) for e in entry_ids}
 
     def wait_seq(self, seq: int, timeout: float) -> bool:
@@ -107,7 +113,7 @@ class Follower:
         while not stop.is_set() and self.halted is None:
             try:
                 self._follow(stop)
-            except (pika.exceptions.AMQPError, OSError, LedgerError) as exc:
+            except (pika.exceptions.AMQPError, OSError, BrokerError, LedgerError) as exc:
                 if stop.is_set():
                     return
                 log.warning("log follower lost the broker (%r); reconnecting", exc)

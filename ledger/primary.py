@@ -68,6 +68,7 @@ class CommandProcessor:
         self.commands_handled = 0
         self.on_role_change: Callable[[bool], None] | None = None
         self._rejected: OrderedDict[str, Reply] = OrderedDict()
+        self._conn: Any = None
 
     @property
     def is_primary(self) -> bool:
@@ -98,6 +99,7 @@ class CommandProcessor:
     # -- the loop ----------------------------------------------------------------------------------
     def _serve(self, stop: threading.Event) -> None:
         conn = connect(self.url, heartbeat=self.heartbeat, name=f"acb-commands-{self.replica_id}")
+        self._conn = conn
         try:
             ch = conn.channel()
             declare(ch, self.names)
@@ -156,7 +158,15 @@ class CommandProcessor:
         self.follower.expect(ids)
         body = LogBatch(entries=entries).model_dump_json().encode()
         log_ch.basic_publish("", self.names.log, body, pika.BasicProperties(delivery_mode=2))
-        return self.follower.wait_for(ids, _CONFIRM_TIMEOUT)
+        deadline = time.monotonic() + _CONFIRM_TIMEOUT
+        while True:
+            # Wait in slices, keeping this connection's heartbeats going: a slow log must not look
+            # like a dead primary to the broker.
+            outcomes = self.follower.wait_for(ids, min(0.2, max(deadline - time.monotonic(), 0.0)), keep=True)
+            if all(o is not None for o in outcomes.values()) or time.monotonic() >= deadline:
+                return self.follower.wait_for(ids, 0.0)
+            if self._conn is not None:
+                self._conn.process_data_events(time_limit=0)
 
     def _handle(self, ch: Any, log_ch: Any, batch: list[tuple[Any, Any, bytes]]) -> None:
         if not self.is_primary:

@@ -21,6 +21,7 @@ import pika
 import pika.exceptions
 
 from broker.client import connect
+from broker.errors import BrokerError
 from broker.topology import Names, declare
 from catalog import Catalog
 from ledger.follower import Follower
@@ -94,12 +95,18 @@ class Replica:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop_event.set())
         self.start()
+        died: list[str] = []
         while not self.stop_event.wait(0.5):
             if self.follower.halted is not None:
                 break
+            died = [t.name for t in self._threads if not t.is_alive()]
+            if died:
+                # A replica missing a part must not pretend to be whole: exit so a supervisor restarts it.
+                log.critical("replica %s lost its %s thread; exiting", self.config.replica_id, ", ".join(died))
+                break
         halted = self.follower.halted
         self.stop()
-        return 3 if halted else 0
+        return 3 if halted else 4 if died else 0
 
     # -- status ------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -137,7 +144,7 @@ class Replica:
                         last_status = now
                     conn.process_data_events(time_limit=self.config.tick_interval)
                 conn.close()
-            except (pika.exceptions.AMQPError, OSError) as exc:
+            except (pika.exceptions.AMQPError, OSError, BrokerError) as exc:
                 if stop.is_set():
                     return
                 log.warning("status publisher lost the broker (%r); reconnecting", exc)
