@@ -149,8 +149,9 @@ def download(
                            rechecked=store.rechecked)
         session = Receiver(store, expected, control, progress, commit_bytes)
         with _connect(host, port, control, connect_timeout) as socks:
-            stream = _open(socks, identity_key, cert_pem, provider_cert_pem, expected, store, start, min_seq,
-                           bulk_tls, io_timeout)
+            stream, seal = _open(socks, identity_key, cert_pem, provider_cert_pem, expected, store, start,
+                                 min_seq, bulk_tls, io_timeout)
+            session.seal = seal
             session.run(stream, start)
         store.mark_complete(count)
         if progress is not None:
@@ -284,8 +285,8 @@ def _open(
     min_seq: int,
     bulk_tls: bool,
     io_timeout: float,
-) -> socket.socket:
-    """Hello, mutual TLS, request and manifest header; returns the bulk stream socket."""
+) -> tuple[socket.socket, protocol.FrameSeal | None]:
+    """Hello, mutual TLS, request and manifest header; returns the bulk stream and its frame seal."""
     sock = socks.items[0]
     protocol.send_hello(sock, expected.sale_id, min_seq)
     protocol.read_reply(sock)
@@ -331,8 +332,12 @@ def _open(
     if bulk_tls:
         stream: socket.socket = tls
         stream.settimeout(io_timeout)
-    else:
-        plain = tls.unwrap()
-        stream = socks.add(socket.socket(plain.family, plain.type, fileno=plain.detach()))
-        protocol.use_kernel_timeouts(stream, io_timeout)
-    return stream
+        return stream, None
+    try:
+        seal = protocol.FrameSeal(bytes.fromhex(str(message["bulk_key"])))
+    except (KeyError, ValueError) as exc:
+        raise ProtocolError("provider sent no valid key for sealing the bulk stream") from exc
+    plain = tls.unwrap()
+    stream = socks.add(socket.socket(plain.family, plain.type, fileno=plain.detach()))
+    protocol.use_kernel_timeouts(stream, io_timeout)
+    return stream, seal

@@ -11,11 +11,16 @@
 5. Bulk stream of segment frames, then an end frame. By default both sides shut
    TLS down first and the frames travel on the bare TCP connection: every
    ciphertext is already AES-GCM under a per-sale key only the buyer receives,
-   and every frame carries a provider-signed entry with its BLAKE3 hash, so a
-   second encryption layer adds nothing but cost (it halved throughput).
+   so encrypting it again inside TLS adds nothing but cost (it halved
+   throughput). What else a frame carries, the provider-signed manifest entry
+   (sale, ciphertext hash, the plaintext segment's Merkle path), would tell an
+   eavesdropper about the plaintext, so it is sealed with AES-GCM under a fresh
+   per-session key that the header message carried inside TLS (``FrameSeal``),
+   with the frame header as associated data and the segment index as nonce.
 
 Segment frame: ``_FRAME`` struct (magic, index, entry length, ciphertext length),
-the entry's canonical JSON, its 64-byte Ed25519 signature, then the ciphertext.
+then the entry's canonical JSON and its 64-byte Ed25519 signature (sealed, 16
+bytes longer, when the stream left TLS), then the ciphertext.
 """
 
 from __future__ import annotations
@@ -26,10 +31,15 @@ import ssl
 import struct
 from typing import Any
 
-from peer.transfer.errors import ConnectionLost, ProtocolError, TransferRefused
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from peer.transfer.errors import ConnectionLost, ManifestInvalid, ProtocolError, TransferRefused
 
 __all__ = [
     "FRAME",
+    "FrameSeal",
+    "SEAL_OVERHEAD",
     "MAGIC_END",
     "MAGIC_ERROR",
     "MAGIC_SEGMENT",
@@ -188,3 +198,39 @@ def use_kernel_timeouts(sock: socket.socket, seconds: float) -> None:
     tv = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+
+
+SEAL_OVERHEAD = 16  # the AES-GCM tag
+
+
+class FrameSeal:
+    """Seals each frame's manifest entry under a per-session key agreed inside TLS.
+
+    The nonce is the segment index: a session sends each index at most once, and
+    a resumed download opens a new session with a new key.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    @staticmethod
+    def new_key() -> bytes:
+        return AESGCM.generate_key(bit_length=256)
+
+    @staticmethod
+    def _nonce(index: int) -> bytes:
+        return b"\x00\x00\x00\x00" + index.to_bytes(8, "big")
+
+    def seal(self, frame: bytes) -> bytes:
+        """Frame header in the clear, the entry and its signature sealed."""
+        head = frame[: FRAME.size]
+        index = FRAME.unpack(head)[1]
+        return head + self._aead.encrypt(self._nonce(index), frame[FRAME.size :], head)
+
+    def open(self, head: bytes, sealed: bytes, index: int) -> bytes:
+        """The entry and signature of a sealed frame; ManifestInvalid if it was not sealed for this session."""
+        try:
+            return self._aead.decrypt(self._nonce(index), sealed, head)
+        except InvalidTag as exc:
+            raise ManifestInvalid(f"segment {index}: sealed manifest entry does not open (tampered or replayed)",
+                                  index) from exc

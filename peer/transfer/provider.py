@@ -290,7 +290,13 @@ class ProviderServer:
                 merkle_root=grant.commitment.merkle_root,
             )
             signed = sign_header(self._key, header)
-            protocol.send_message(tls, {"type": "header", "header": signed.to_wire()})
+            message: dict[str, object] = {"type": "header", "header": signed.to_wire()}
+            seal = None
+            if not bulk_tls:
+                bulk_key = protocol.FrameSeal.new_key()
+                message["bulk_key"] = bulk_key.hex()
+                seal = protocol.FrameSeal(bulk_key)
+            protocol.send_message(tls, message)
             stream = tls if bulk_tls else _unwrap(tls)
             socks.append(stream)
         except ssl.SSLError as exc:
@@ -300,7 +306,7 @@ class ProviderServer:
             stream.settimeout(self._io_timeout)
         else:
             protocol.use_kernel_timeouts(stream, self._io_timeout)
-        self._stream_segments(stream, grant, start, upload)
+        self._stream_segments(stream, grant, start, upload, seal)
         _finish(stream)
 
     def _check_grant(self, grant: SaleGrant, sale_id: str) -> None:
@@ -340,7 +346,8 @@ class ProviderServer:
         """The frame producer for one upload (a subclass may substitute its own)."""
         return SegmentSource(grant, self._key, self._tree(grant.commitment))
 
-    def _stream_segments(self, sock: socket.socket, grant: SaleGrant, start: int, upload: _Upload) -> None:
+    def _stream_segments(self, sock: socket.socket, grant: SaleGrant, start: int, upload: _Upload,
+                         seal: protocol.FrameSeal | None = None) -> None:
         """Send segments ``start..`` while a reader thread prepares the next ones."""
         control, shared = upload.control, self.rate
         use_sendmsg = not isinstance(sock, ssl.SSLSocket)
@@ -349,6 +356,8 @@ class ProviderServer:
         try:
             for _index, head, ct in source.frames(start, _PIPELINE_DEPTH):
                 control.check()
+                if seal is not None:
+                    head = seal.seal(head)
                 if control.limited or shared.limited:
                     sock.sendall(head)
                     for off in range(0, len(ct), _LIMITED_CHUNK):

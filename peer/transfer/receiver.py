@@ -70,6 +70,7 @@ class Receiver:
         self._failure: BaseException | None = None
         self._cond = threading.Condition()
         self._finished = False
+        self.seal: protocol.FrameSeal | None = None  # set when the stream left TLS
 
     # ------------------------------------------------------------------ receive (caller's thread)
     def run(self, stream: socket.socket, start: int) -> None:
@@ -132,8 +133,13 @@ class Receiver:
                 raise SegmentTruncated(f"segment {index} is {clen} bytes, the document needs {want}", index)
             if clen > want or elen > protocol.MAX_ENTRY:
                 raise SegmentCorrupt(f"segment {index} frame is oversized ({elen}+{clen} bytes)", index)
-            entry = bytearray(elen + protocol.SIGNATURE_SIZE)
-            self._recv(stream, entry, index)
+            if self.seal is None:
+                entry = bytearray(elen + protocol.SIGNATURE_SIZE)
+                self._recv(stream, entry, index)
+            else:
+                sealed = bytearray(elen + protocol.SIGNATURE_SIZE + protocol.SEAL_OVERHEAD)
+                self._recv(stream, sealed, index)
+                entry = bytearray(self.seal.open(bytes(head), bytes(sealed), index))
             buf = self._take(free)
             self.control.throttle(clen)
             with memoryview(buf) as view:
