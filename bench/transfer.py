@@ -2,7 +2,7 @@
 
 Usage: ``python -m bench.transfer --size 512MiB --json``
 
-One run generates a random file, then alternates (three times each):
+One run generates a random file, then alternates (five times each):
 
 * plain: one process reads the file and ``sendall``s 1 MiB chunks over TCP, the
   other writes what it receives to a file and fsyncs it once at the end (the
@@ -12,7 +12,7 @@ One run generates a random file, then alternates (three times each):
   BLAKE3 checks and the crash-safe journal.
 
 Both are timed inside the receiving process from connect to durable file; MB is
-10^6 bytes and the median of the three runs is reported. A third measurement
+10^6 bytes and the median of the five runs is reported. A third measurement
 kills the consumer process half way, resumes, and counts the segments the
 provider had to send twice. The last stdout line is a JSON summary.
 """
@@ -257,12 +257,12 @@ def _make_file(path: Path, size: int) -> None:
             left -= n
 
 
-def run(size_bytes: int, json_out: bool, *, repeats: int = 3, segment_size: int | None = None,
+def run(size_bytes: int, json_out: bool, *, repeats: int = 5, segment_size: int | None = None,
         workdir: Path | None = None) -> dict[str, Any]:
     """Run the benchmark and return the summary (also printed, table then JSON if ``json_out``)."""
-    from broker.content import SEGMENT_SIZE
+    from broker.content import choose_segment_size
 
-    segment_size = segment_size or SEGMENT_SIZE
+    segment_size = segment_size or choose_segment_size(size_bytes)  # what `acb share` would pick
     out = sys.stderr if json_out else sys.stdout
     ctx = mp.get_context("spawn")
     began = time.monotonic()
@@ -334,11 +334,11 @@ def _print_table(s: dict[str, Any], out: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line entry: ``--size 512MiB [--json] [--repeats 3] [--segment-size 1MiB] [--dir PATH]``."""
+    """Command line entry: ``--size 512MiB [--json] [--repeats 5] [--segment-size 1MiB] [--dir PATH]``."""
     parser = argparse.ArgumentParser(prog="acb bench transfer", description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="512MiB", help="file size, e.g. 512MiB or 1GiB")
     parser.add_argument("--json", action="store_true", help="print the table to stderr and JSON last on stdout")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--segment-size", default=None, help="segment size, default 1MiB")
     parser.add_argument("--dir", type=Path, default=None, help="where to put the temporary files")
     args = parser.parse_args(argv)

@@ -141,13 +141,13 @@ class Client:
     def share(self, path: Path, *, price: int, topic: str, title: str, endpoint: str,
               description: str = "", doc_id: str | None = None, segment_size: int | None = None) -> dict[str, Any]:
         """Commit to a file's content (size, SHA-256, Merkle root) and publish it at a price."""
-        from broker.content import SEGMENT_SIZE, describe_file
+        from broker.content import choose_segment_size, describe_file
 
         me = self._me()
         path = path.resolve()
         if not path.is_file():
             raise PeerError(f"no such file: {path}")
-        commitment = describe_file(path, segment_size or SEGMENT_SIZE)
+        commitment = describe_file(path, segment_size or choose_segment_size(path.stat().st_size))
         doc_id = doc_id or uuid.uuid4().hex[:16]
         self.send(c.PublishDocument(
             doc_id=doc_id, title=title, topic=topic, description=description, price=price, size=commitment.size,

@@ -294,3 +294,11 @@ def test_escrowed_key_not_matching_commitment_is_the_providers_fault() -> None:
     verdict = sale.judge(*sale.evidence(0), key=os.urandom(32))
     assert verdict.provider_cheated
     assert "commitment" in verdict.reason
+
+
+def test_large_files_get_larger_segments() -> None:
+    from broker.content import LARGE_FILE, LARGE_SEGMENT_SIZE, SEGMENT_SIZE, choose_segment_size
+
+    assert choose_segment_size(0) == SEGMENT_SIZE
+    assert choose_segment_size(LARGE_FILE - 1) == SEGMENT_SIZE
+    assert choose_segment_size(LARGE_FILE) == LARGE_SEGMENT_SIZE == 4 << 20
