@@ -3,21 +3,52 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 import socket
-import uuid
 from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+
+from ledger.errors import StoreError
 
 from ledger.keys import load_system
 from ledger.replica import Replica, ReplicaConfig
 from ledger.store import default_store_url
 
-__all__ = ["run_replica"]
+__all__ = ["run_replica", "resolve_store_url"]
+
+
+def resolve_store_url(url: str, replica_id: str) -> str:
+    """Fill ``{replica}`` in a store URL, so one setting gives every replica a store of its own.
+
+    For PostgreSQL the database named by the URL is created when it does not exist yet.
+    """
+    safe = re.sub(r"[^a-z0-9_]", "_", replica_id.lower())
+    url = url.replace("{replica}", safe)
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "postgresql" and parsed.database:
+        admin = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :d"),
+                                      {"d": parsed.database}).scalar()
+                if not exists:
+                    conn.execute(sa.text(f'CREATE DATABASE "{parsed.database}"'))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot prepare the store {parsed.render_as_string(hide_password=True)}: "
+                             f"{exc.__class__.__name__}") from exc
+        finally:
+            admin.dispose()
+    return url
 
 
 def run_replica(args: argparse.Namespace, settings: Any) -> int:
     """Run one replica until stopped; exit 3 if it halted on a broken log."""
-    replica_id = args.replica_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
-    store = args.store or default_store_url(f"ledger-{replica_id}")
+    # Stable across restarts of one container (pid 1), distinct for processes on one host.
+    replica_id = args.replica_id or os.environ.get("ACB_REPLICA_ID") or f"{socket.gethostname()}-{os.getpid()}"
+    store = resolve_store_url(args.store or default_store_url(f"ledger-{replica_id}"), replica_id)
     logging.getLogger().setLevel(logging.INFO)
     config = ReplicaConfig(replica_id=replica_id, broker_url=settings.broker_url, store_url=store,
                            names=settings.names, hold_ttl_ms=int(args.hold_ttl * 1000),

@@ -3,7 +3,7 @@
 One in-process replica (SQLite store, its own ``ACB_HOME`` and system keys)
 serves the whole module; alice provides a document, bob has money, carol
 has none. Screenshots go to ``$ACB_SCREENSHOT_DIR`` when set (the committed
-ones in docs/screenshots come from ``ACB_SCREENSHOT_DIR=docs/screenshots``),
+ones in peer/gui/screenshots and console/gui/screenshots were saved from such runs),
 otherwise to a temporary folder, and are checked for size either way.
 """
 from __future__ import annotations

@@ -18,7 +18,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "compose.yaml"
-LEDGER_SERVICES = ("ledger", "ledger-backup")
+LEDGER_SERVICES = ("ledger",)
 
 
 def _check_jsonschema() -> str:
@@ -84,31 +84,37 @@ def test_validator_rejects_an_invalid_compose_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", LEDGER_SERVICES)
 def test_ledger_is_built_from_this_repository(name: str) -> None:
     build = _load()["services"][name]["build"]
-    context = build if isinstance(build, str) else build["context"]
-    dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
-
-    assert (COMPOSE_FILE.parent / context).resolve() == ROOT
-    assert (ROOT / dockerfile).is_file()
+    assert (COMPOSE_FILE.parent / build["context"]).resolve() == ROOT
+    image = build["dockerfile_inline"]
+    assert "FROM python:3.11-slim" in image
+    assert "COPY . /src" in image and "pip install ." in image
+    assert 'ENTRYPOINT ["acb"]' in image
 
 
 @pytest.mark.parametrize("name", LEDGER_SERVICES)
-def test_ledger_waits_for_healthy_broker_and_database(name: str) -> None:
+def test_ledger_waits_for_healthy_broker_and_database_and_the_keys(name: str) -> None:
     services = _load()["services"]
     depends_on = services[name]["depends_on"]
 
     for needed in ("rabbitmq", "postgres"):
         assert depends_on[needed]["condition"] == "service_healthy"
         assert "healthcheck" in services[needed], f"{needed} never becomes healthy without a healthcheck"
+    assert depends_on["init"]["condition"] == "service_completed_successfully"
+    assert services["init"]["command"] == ["init"]
 
 
 @pytest.mark.parametrize("name", LEDGER_SERVICES)
-def test_ledger_reaches_broker_and_store_by_service_name(name: str) -> None:
-    service = _load()["services"][name]
+def test_ledger_reaches_broker_and_a_store_of_its_own(name: str) -> None:
+    services = _load()["services"]
+    service = services[name]
     env = _environment(service)
 
     assert service["command"] == ["ledger", "run"]
     assert env["ACB_BROKER_URL"] == "amqp://guest:guest@rabbitmq:5672/"
-    assert env["ACB_STORE_URL"] == "postgresql+psycopg://postgres@postgres:5432/postgres"
+    # Replicas never share a store: each gets the database named after its replica id.
+    assert env["ACB_STORE_URL"] == "postgresql+psycopg://postgres@postgres:5432/acb_{replica}"
+    # ... but they share the system keys made once by `init`.
+    assert "acb-home:/var/lib/acb" in service["volumes"] and "acb-home:/var/lib/acb" in services["init"]["volumes"]
 
 
 @pytest.mark.parametrize("name", LEDGER_SERVICES)
@@ -118,10 +124,4 @@ def test_ledger_can_be_scaled(name: str) -> None:
     # A fixed container name or host port would stop a second replica from starting.
     assert "container_name" not in service
     assert "ports" not in service
-
-
-def test_image_runs_the_acb_command() -> None:
-    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
-
-    assert "FROM python:3.11-slim" in dockerfile
-    assert 'ENTRYPOINT ["acb"]' in dockerfile
+    assert service["deploy"]["replicas"] >= 2

@@ -8,7 +8,7 @@
 set -euo pipefail
 
 usage() {
-    echo "usage: bash scripts/setup.sh [--tests]" >&2
+    echo "usage: bash .ci/setup.sh [--tests]" >&2
 }
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -237,7 +237,7 @@ ensure_postgres() {
     log "trusting local TCP connections in $hba"
     # pg_hba.conf is read top down and the first match wins, so these go first.
     {
-        echo "# added by scripts/setup.sh: the tests connect as postgres without a password"
+        echo "# added by .ci/setup.sh: the tests connect as postgres without a password"
         echo "host all all 127.0.0.1/32 trust"
         echo "host all all ::1/128 trust"
         cat "$hba"
