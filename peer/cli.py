@@ -82,6 +82,14 @@ def _client(settings: Settings, *, login: str | None = None, need_login: bool = 
     return Client(broker, settings.home, identity, on_wait=_waiter(), timeout=_reply_timeout())
 
 
+def _io_timeout() -> float:
+    """How long a download waits on a silent provider (``ACB_IO_TIMEOUT`` seconds, default 60)."""
+    try:
+        return float(os.environ.get("ACB_IO_TIMEOUT", "60"))
+    except ValueError as exc:
+        raise CliError("ACB_IO_TIMEOUT must be a number of seconds") from exc
+
+
 def _reply_timeout() -> float:
     """How long a command waits for the ledger (``ACB_REPLY_TIMEOUT`` seconds, default 60)."""
     try:
@@ -182,9 +190,10 @@ def cmd_buy(args: argparse.Namespace, s: Settings) -> int:
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        result = client.buy(args.doc_id, out, progress=progress, on_step=step)
+        result = client.buy(args.doc_id, out, progress=progress, on_step=step, io_timeout=_io_timeout())
     data = {"doc_id": result.doc_id, "sale_id": result.sale_id, "path": str(result.path) if result.path else None,
-            "price": result.price, "fee": result.fee, "verified": result.verified, "dispute": result.dispute}
+            "price": result.price, "fee": result.fee, "verified": result.verified, "dispute": result.dispute,
+            "resumed_from": result.resumed_from, "segments": result.segments}
     _out(args, data, lambda: print(
         f"bought {doc['title']} for {format_minor(result.price)}: {result.path}" if result.verified else
         f"content did not verify; dispute filed: {result.dispute}"))

@@ -42,6 +42,8 @@ class BuyResult:
     fee: int
     verified: bool
     dispute: dict[str, Any] | None = None
+    resumed_from: int = 0  # the first segment this call downloaded (0: from the start)
+    segments: int = 0
 
 
 class Client:
@@ -166,7 +168,7 @@ class Client:
 
     # -- buying ------------------------------------------------------------------------------------
     def buy(self, doc_id: str, dest: Path, *, progress: Callable[[int, int], None] | None = None,
-            on_step: Callable[[str], None] | None = None) -> BuyResult:
+            on_step: Callable[[str], None] | None = None, io_timeout: float = 60.0) -> BuyResult:
         """Open the sale (hold), download from the provider, settle, receive the key, decrypt and verify.
 
         An interrupted purchase resumes: the same sale, from the first segment not yet stored.
@@ -199,8 +201,11 @@ class Client:
             min_seq=self.last_seq, provider_login=doc["provider"], provider_cert_pem=doc["provider_cert_pem"].encode(),
             provider_public_key=bytes.fromhex(doc["provider_sign_key"]), size=doc["size"],
             segment_size=doc["segment_size"], merkle_root_hex=doc["merkle_root"], dest_dir=work, progress=progress,
+            io_timeout=io_timeout,
         )
-        step(f"all {result.segment_count} encrypted segments received and checked against the signed manifest")
+        resumed = f", resumed at segment {result.resumed_from}" if result.resumed_from else ""
+        step(f"all {result.segment_count} encrypted segments received and checked against the signed manifest"
+             f"{resumed}")
         reply = self.send(c.SettleSale(sale_id=sale_id))
         step(f"sale settled at seq {reply.seq}: paid {reply.result['price']} "
              f"(provider {reply.result['provider_amount']}, commission {reply.result['fee']})")
@@ -216,10 +221,12 @@ class Client:
             index = getattr(exc, "index", None)
             step(f"content check failed ({exc}); filing a dispute with the evidence")
             dispute = self.dispute(sale_id, result, index if index is not None else 0)
-            return BuyResult(doc_id, sale_id, None, reply.result["price"], reply.result["fee"], False, dispute)
+            return BuyResult(doc_id, sale_id, None, reply.result["price"], reply.result["fee"], False, dispute,
+                             result.resumed_from, result.segment_count)
         step(f"decrypted and verified against the published SHA-256 and Merkle root: {dest}")
         result.discard()
-        return BuyResult(doc_id, sale_id, dest, reply.result["price"], reply.result["fee"], True)
+        return BuyResult(doc_id, sale_id, dest, reply.result["price"], reply.result["fee"], True, None,
+                         result.resumed_from, result.segment_count)
 
     def dispute(self, sale_id: str, result: Any, index: int) -> dict[str, Any]:
         """File the evidence for one bad segment; the ledger judges it with the escrowed key."""
