@@ -5,13 +5,20 @@ For each connecting consumer the provider asks the ledger about the sale
 that it is its own open sale, makes (or reloads, on resume) the sale's fresh
 key K, escrows K sealed to the ledger with its commitment, and only then lets
 the transfer layer authenticate the consumer and send ciphertext.
+
+While it runs it answers on ``<profile dir>/serve.sock`` (see
+:mod:`peer.transfers`): the uploads it serves, pause, resume and cancel, the
+global and per-upload rate limits and priorities. A timer shares the global
+limit between the moving uploads by priority (:class:`BandwidthScheduler`).
 """
 from __future__ import annotations
 
 import logging
 import os
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 from broker import commands as c
 from broker import content
@@ -20,31 +27,226 @@ from broker.errors import BrokerError
 from broker.sealing import escrow_info, seal_to
 from peer.client import Client, Shares
 from peer.identity import Identity, Profile
-from peer.transfer import ProviderServer, SaleGrant, TransferRefused
+from peer.transfer import ProviderServer, SaleGrant, TransferRefused, UploadStatus
+from peer.transfer.control import BandwidthScheduler, TransferControl
+from peer.transfers import ControlError, ControlServer, socket_path
 
-__all__ = ["ProviderService"]
+__all__ = ["ProviderService", "UploadManager"]
 
 log = logging.getLogger(__name__)
 
+_TICK = 0.5  # seconds between re-shares of the global limit and rate samples
+_RATE_WINDOW = 2.0  # seconds of samples behind an upload's current rate
+_LIVE = ("sending", "paused")
+
+
+class UploadManager:
+    """The uploads of one :class:`ProviderServer` as a person steers them.
+
+    Keeps per-sale settings in a :class:`BandwidthScheduler`, re-shares the
+    global limit every half second (uploads start and end on their own), samples
+    each upload's current rate, and answers the control channel's requests
+    (:meth:`handle`). ``docs`` maps a sale id to its (doc id, segment count) as
+    far as known.
+    """
+
+    def __init__(self, server: ProviderServer, *, endpoint: str = "", login: str = "",
+                 docs: dict[str, tuple[str, int]] | None = None) -> None:
+        self.server = server
+        self.scheduler = BandwidthScheduler(server.rate.rate_limit_bps)
+        self.endpoint = endpoint
+        self.login = login
+        self.docs = docs if docs is not None else {}
+        self._samples: dict[str, list[tuple[float, int]]] = {}
+        self._ticker: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    def start(self) -> None:
+        """Start the timer that re-shares the global limit."""
+        self._stopping.clear()
+        self._ticker = threading.Thread(target=self._tick_loop, name="acb-upload-scheduler", daemon=True)
+        self._ticker.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._ticker is not None:
+            self._ticker.join(2.0)
+            self._ticker = None
+
+    # -- steering -----------------------------------------------------------------------------------
+    def set_limit(self, limit_bps: int | None, sale_id: str | None = None) -> None:
+        """The global upload limit (no ``sale_id``) or one upload's; None or 0 lifts it."""
+        if sale_id is None:
+            self.scheduler.set_budget(limit_bps)
+            # The shared bucket stays a hard cap on the sum; the scheduler splits it by priority.
+            self.server.rate.set_rate_limit(limit_bps or None)
+        else:
+            self._control_of(sale_id)
+            self.scheduler.set_limit(sale_id, limit_bps)
+        self.rebalance()
+
+    def set_priority(self, sale_id: str, priority: int) -> None:
+        """Weight of an upload when the global limit is shared (2 gets twice what 1 gets)."""
+        self._control_of(sale_id)
+        try:
+            self.scheduler.set_priority(sale_id, priority)
+        except ValueError as exc:
+            raise ControlError(str(exc)) from exc
+        self.rebalance()
+
+    def pause(self, sale_id: str) -> None:
+        """Stop sending (within one chunk when limited, else at the next segment); the connection stays."""
+        self._control_of(sale_id, live=True).pause()
+        self.rebalance()
+
+    def resume(self, sale_id: str) -> None:
+        self._control_of(sale_id, live=True).resume()
+        self.rebalance()
+
+    def cancel(self, sale_id: str) -> None:
+        """Cut the upload; the consumer keeps what it stored and may resume the sale later."""
+        self._control_of(sale_id, live=True).cancel()
+        self.rebalance()
+
+    def rebalance(self) -> None:
+        """Give every live upload its rate now (the timer also does it every half second)."""
+        live = [(u.sale_id, ctl) for u in self._latest() if u.state in _LIVE
+                if (ctl := self.server.control(u.sale_id)) is not None]
+        self.scheduler.rebalance(live)
+
+    # -- observing ----------------------------------------------------------------------------------
+    def uploads(self) -> list[dict[str, Any]]:
+        """One row per sale served since start (its latest connection), oldest first."""
+        rows = []
+        now = time.monotonic()
+        for u in self._latest():
+            doc, total = self.docs.get(u.sale_id, (None, None))
+            limit = self.scheduler.limit(u.sale_id)
+            ctl = self.server.control(u.sale_id)
+            allotted = ctl.rate_limit_bps if ctl is not None and u.state in _LIVE else None
+            rows.append({
+                "sale": u.sale_id, "consumer": u.consumer, "doc": doc, "peer": u.peer, "state": u.state,
+                "bytes_sent": u.bytes_sent, "segments_sent": u.segments_sent, "start_segment": u.start_index,
+                "segments_total": total, "rate_mbps": round(self._current_rate(u, now) / 1e6, 3),
+                "avg_mbps": round(u.rate / 1e6, 3), "priority": self.scheduler.priority(u.sale_id),
+                "limit_mbps": None if limit is None else limit / 1e6,
+                "allotted_mbps": None if allotted is None else round(allotted / 1e6, 3), "error": u.error,
+            })
+        return rows
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Answer one request of the control channel (see :mod:`peer.transfers`)."""
+        op = request.get("op")
+        sale = request.get("sale")
+        if sale is not None and not isinstance(sale, str):
+            raise ControlError("sale must be a sale id")
+        if op == "list":
+            budget = self.scheduler.budget_bps
+            return {"uploads": self.uploads(), "login": self.login, "endpoint": self.endpoint,
+                    "limit_mbps": None if budget is None else budget / 1e6}
+        if op in ("pause", "resume", "cancel"):
+            if sale is None:
+                raise ControlError(f"{op} needs a sale id")
+            getattr(self, op)(sale)
+            return {"sale": sale}
+        if op == "limit":
+            bps = request.get("bps")
+            if bps is not None and (not isinstance(bps, int) or isinstance(bps, bool) or bps < 0):
+                raise ControlError("a limit is a whole number of bytes per second, 0 or more")
+            self.set_limit(bps or None, sale)
+            return {"sale": sale, "bps": bps or None}
+        if op == "priority":
+            prio = request.get("priority")
+            if sale is None or not isinstance(prio, int) or isinstance(prio, bool):
+                raise ControlError("priority needs a sale id and a whole number")
+            self.set_priority(sale, prio)
+            return {"sale": sale, "priority": prio}
+        raise ControlError(f"unknown request {op!r}")
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _latest(self) -> list[UploadStatus]:
+        latest: dict[str, UploadStatus] = {}
+        for u in self.server.uploads():
+            if u.sale_id:
+                latest.pop(u.sale_id, None)
+                latest[u.sale_id] = u
+        return list(latest.values())
+
+    def _control_of(self, sale_id: str, *, live: bool = False) -> TransferControl:
+        status = next((u for u in self._latest() if u.sale_id == sale_id), None)
+        ctl = self.server.control(sale_id)
+        if status is None or ctl is None:
+            raise ControlError(f"no upload of sale {sale_id}")
+        if live and status.state not in (*_LIVE, "handshake"):
+            raise ControlError(f"the upload of sale {sale_id} is {status.state}")
+        return ctl
+
+    def _current_rate(self, u: UploadStatus, now: float) -> float:
+        if u.state != "sending":
+            return 0.0
+        samples = self._samples.get(u.sale_id, [])
+        if not samples or now - samples[0][0] < 0.2 or u.bytes_sent < samples[0][1]:
+            return u.rate
+        return (u.bytes_sent - samples[0][1]) / (now - samples[0][0])
+
+    def _tick_loop(self) -> None:
+        while not self._stopping.wait(_TICK):
+            try:
+                self.rebalance()
+                self._sample()
+            except Exception:  # the timer must outlive one bad pass
+                log.exception("re-sharing the upload limit failed")
+
+    def _sample(self) -> None:
+        now = time.monotonic()
+        samples: dict[str, list[tuple[float, int]]] = {}
+        for u in self._latest():
+            if u.state in _LIVE:
+                kept = [(t, b) for t, b in self._samples.get(u.sale_id, [])
+                        if now - t <= _RATE_WINDOW and b <= u.bytes_sent]
+                samples[u.sale_id] = [*kept, (now, u.bytes_sent)]
+        self._samples = samples
+
 
 class ProviderService:
-    """Serves this user's shared files to consumers with open sales."""
+    """Serves this user's shared files to consumers with open sales, steerable from `acb transfers`."""
 
     def __init__(self, client: Client, identity: Identity, *, host: str = "127.0.0.1", port: int = 0,
-                 rate_limit_bps: int | None = None) -> None:
+                 rate_limit_bps: int | None = None, control_socket: bool = True) -> None:
         self.client = client
         self.identity = identity
         self.profile = Profile(client.home, identity.login)
         self._lock = threading.Lock()  # the ledger client is not thread-safe; consumers arrive in parallel
         self._commitments: dict[str, tuple[tuple[int, int], content.FileCommitment]] = {}
+        self._docs: dict[str, tuple[str, int]] = {}  # sale id -> (doc id, segment count), for the uploads view
         self.server = ProviderServer(identity.sign_key, identity.login, identity.cert_pem, self.authorize,
                                      host=host, port=port, rate_limit_bps=rate_limit_bps)
+        self.uploads = UploadManager(self.server, login=identity.login, docs=self._docs)
+        self._host = host
+        self._control_socket = control_socket
+        self._control: ControlServer | None = None
 
     def start(self) -> int:
+        """Listen for consumers, open the control socket and start sharing the limit; returns the port."""
         self.server.start()
+        self.uploads.endpoint = f"{self._host}:{self.server.port}"
+        if self._control_socket:
+            control = ControlServer(socket_path(self.profile), self.uploads.handle)
+            try:
+                control.start()
+                self._control = control
+            except ControlError as exc:
+                # Serving matters more than being steerable: go on without the channel.
+                log.warning("uploads cannot be steered from `acb transfers`: %s", exc)
+        self.uploads.start()
         return self.server.port
 
     def stop(self) -> None:
+        """Remove the control socket, stop the scheduler and every upload."""
+        if self._control is not None:
+            self._control.stop()
+            self._control = None
+        self.uploads.stop()
         self.server.stop()
 
     def _sale_key(self, sale_id: str) -> bytes:
@@ -100,6 +302,7 @@ class ProviderService:
                     raise TransferRefused(f"could not escrow the key of {sale_id}: {exc}") from exc
             elif sale["key_commitment"] != commit:
                 raise TransferRefused(f"sale {sale_id} has another key escrowed than this machine holds")
+        self._docs[sale_id] = (sale["doc_id"], commitment.segment_count)
         return SaleGrant(
             sale_id=sale_id, doc_id=sale["doc_id"], consumer_login=sale["consumer"],
             consumer_cert_pem=sale["consumer_cert_pem"].encode(),
