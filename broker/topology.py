@@ -5,6 +5,8 @@
     primary --(log batch)--> {p}.log                                stream: the replicated event log
     clients --(query)-->  {p}.reads exchange --> {p}.reads          classic queue shared by replicas;
                                                                     backups consume at higher priority
+    primary --(snapshot)--> {p}.snapshots                          stream: verified state snapshots, so a
+                                                                    replica with an empty store joins fast
     replicas --(status)--> {p}.status                               fanout, read by `acb status` and the console
     unhandleable messages --> {p}.dlx --> {p}.dlq                   with the reason in a header
 
@@ -34,6 +36,10 @@ class Names:
     @property
     def log(self) -> str:
         return f"{self.prefix}.log"
+
+    @property
+    def snapshots(self) -> str:
+        return f"{self.prefix}.snapshots"
 
     @property
     def reads(self) -> str:
@@ -69,6 +75,12 @@ def declare(channel: Any, names: Names) -> None:
     channel.queue_bind(names.commands, names.commands, routing_key="command")
 
     channel.queue_declare(names.log, durable=True, arguments={"x-queue-type": "stream"})
+    # Only the newest snapshots matter: keep the stream small.
+    channel.queue_declare(names.snapshots, durable=True, arguments={
+        "x-queue-type": "stream",
+        "x-max-length-bytes": 512 * 1024 * 1024,
+        "x-stream-max-segment-size-bytes": 16 * 1024 * 1024,
+    })
 
     channel.exchange_declare(names.reads, exchange_type="direct", durable=True)
     # Reads are cheap to repeat and useless when old: drop them after a while rather than pile up.
@@ -80,7 +92,7 @@ def declare(channel: Any, names: Names) -> None:
 
 def delete(channel: Any, names: Names) -> None:
     """Remove a deployment's objects (tests and the demo clean up with this)."""
-    for queue in (names.commands, names.log, names.reads, names.dlq):
+    for queue in (names.commands, names.log, names.snapshots, names.reads, names.dlq):
         channel.queue_delete(queue)
     for exchange in (names.commands, names.reads, names.status, names.dlx):
         channel.exchange_delete(exchange)

@@ -46,7 +46,8 @@ class AuditReport:
 def replay(store: Store, upto: int | None = None, *, use_snapshot: bool = False) -> State:
     """The state after event ``upto`` (or the last), rebuilt from the store's rows."""
     state = State()
-    if use_snapshot:
+    first = next(store.rows(after=0, batch=1), None)
+    if use_snapshot or (first is not None and first.seq > 1):
         snap = store.latest_snapshot(at_most=upto)
         if snap is not None and state_hash(candidate := state_from_dict(snap[3])) == snap[1]:
             state = candidate
@@ -59,6 +60,18 @@ def audit(store: Store, *, use_snapshot: bool = False, check_every: int = 1000) 
     """Replay the whole log and report every violation found (empty list: the store is sound)."""
     report = AuditReport(store.safe_url)
     state = State()
+    first = next(store.rows(after=0, batch=1), None)
+    if first is not None and first.seq > 1 and not use_snapshot:
+        # A replica that joined from a shared snapshot holds the log only from there on.
+        snap = store.latest_snapshot(at_most=first.seq - 1)
+        if snap is None or snap[0] != first.seq - 1:
+            report.violations.append(f"the store starts at event {first.seq} without a snapshot before it")
+            return report
+        candidate = state_from_dict(snap[3])
+        if state_hash(candidate) != snap[1]:
+            report.violations.append(f"snapshot at seq {snap[0]} fails its hash check")
+            return report
+        state, report.from_snapshot = candidate, snap[0]
     if use_snapshot:
         snap = store.latest_snapshot()
         if snap is not None:

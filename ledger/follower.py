@@ -10,15 +10,18 @@ confirmed that a crash could take back.
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
 import pika.exceptions
 
 from broker.client import connect
+from broker.codec import canonical
 from broker.errors import BrokerError
 from broker.topology import Names, declare
 from ledger.errors import ChainBroken, LedgerError
@@ -49,6 +52,9 @@ class Follower:
         self._cond = threading.Condition()
         self._expected: dict[str, Outcome | None] = {}
         self._last_snapshot = 0
+        self.publish_snapshots: Callable[[], bool] = lambda: False  # set by the replica: only the primary shares
+        self.joined_from_snapshot: int | None = None
+        self._channel: Any = None
 
     # -- recovery --------------------------------------------------------------------------------
     def recover(self) -> State:
@@ -72,6 +78,51 @@ class Follower:
         self.next_offset = int(stored) if stored is not None else None
         self.state = state
         return state
+
+    def join_from_snapshot(self, timeout: float = 2.0) -> bool:
+        """An empty store starts from the newest shared snapshot instead of the whole log.
+
+        The snapshot is checked against its own state hash here; its head hash is checked
+        again by the first entry that follows it in the log (a mismatch halts the replica).
+        """
+        if self.state.seq or self.next_offset is not None or self.halted is not None:
+            return False
+        conn = connect(self.url, heartbeat=5, name=f"acb-join-{self.replica_id}")
+        newest: dict[str, Any] | None = None
+        try:
+            ch = conn.channel()
+            declare(ch, self.names)
+            ch.basic_qos(prefetch_count=16)
+            for method, _props, body in ch.consume(self.names.snapshots, arguments={"x-stream-offset": "last"},
+                                                   inactivity_timeout=timeout):
+                if method is None:
+                    break
+                ch.basic_ack(method.delivery_tag)
+                try:
+                    record = json.loads(zlib.decompress(body))
+                except (ValueError, zlib.error):
+                    continue
+                if newest is None or record["seq"] > newest["seq"]:
+                    newest = record
+        finally:
+            try:
+                conn.close()
+            except (pika.exceptions.AMQPError, OSError):
+                pass
+        if newest is None:
+            return False
+        state = state_from_dict(newest["state"])
+        if state_hash(state) != newest["state_hash"] or state.seq != newest["seq"]:
+            log.error("shared snapshot at seq %s fails its hash check; replaying the whole log", newest["seq"])
+            return False
+        self.store.save_snapshot(state.seq, newest["state_hash"], newest["stream_offset"], newest["state"],
+                                 int(time.time() * 1000))
+        self.store.set_meta("stream_offset", str(newest["stream_offset"]))
+        self.state, self.next_offset = state, newest["stream_offset"]
+        self._last_snapshot = self.joined_from_snapshot = state.seq
+        log.warning("replica %s joined from the snapshot at seq %d (log offset %d)", self.replica_id, state.seq,
+                    newest["stream_offset"])
+        return True
 
     # -- waiting ---------------------------------------------------------------------------------
     def expect(self, entry_ids: list[str]) -> None:
@@ -125,6 +176,7 @@ class Follower:
             ch = conn.channel()
             declare(ch, self.names)
             ch.basic_qos(prefetch_count=2 * _GROUP)
+            self._channel = conn.channel()
             offset: Any = self.next_offset if self.next_offset is not None else "first"
             pending: list[tuple[int, int, bytes]] = []  # (delivery tag, stream offset, body)
 
@@ -187,9 +239,13 @@ class Follower:
                     self._expected[entry_id] = outcome
             self._cond.notify_all()
         if self.snapshot_every and state.seq - self._last_snapshot >= self.snapshot_every:
-            self.store.save_snapshot(state.seq, state_hash(state), last_offset + 1, state_to_dict(state),
-                                     int(time.time() * 1000))
+            picture, digest = state_to_dict(state), state_hash(state)
+            self.store.save_snapshot(state.seq, digest, last_offset + 1, picture, int(time.time() * 1000))
             self._last_snapshot = state.seq
+            if self.publish_snapshots() and self._channel is not None:
+                record = {"seq": state.seq, "state_hash": digest, "stream_offset": last_offset + 1, "state": picture}
+                self._channel.basic_publish("", self.names.snapshots, zlib.compress(canonical(record), 3),
+                                            pika.BasicProperties(delivery_mode=2))
 
     def _halt(self, reason: str) -> None:
         log.critical("REPLICA %s HALTED, applying nothing more: %s", self.replica_id, reason)

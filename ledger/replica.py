@@ -65,6 +65,7 @@ class Replica:
         self.reads = ReadServer(self.follower, config.broker_url, config.names, config.replica_id, keys,
                                 self.catalog, lambda: self.commands.is_primary)
         self.commands.on_role_change = self.reads.role_changed
+        self.follower.publish_snapshots = lambda: self.commands.is_primary
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started = time.monotonic()
@@ -74,7 +75,9 @@ class Replica:
                        now_ms=int(time.time() * 1000), hold_ttl_ms=self.config.hold_ttl_ms)
 
     def start(self) -> None:
-        state = self.follower.recover()
+        self.follower.recover()
+        self.follower.join_from_snapshot()
+        state = self.follower.state
         self.catalog.rebuild(state.documents)
         log.info("replica %s recovered seq %d from %s", self.config.replica_id, state.seq, self.store.safe_url)
         for name, target in (("follower", self.follower.run), ("commands", self.commands.run),
@@ -118,6 +121,7 @@ class Replica:
             "commands_handled": self.commands.commands_handled, "reads_served": self.reads.served,
             "store": self.store.safe_url, "host": socket.gethostname(), "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self._started, 1), "halted": self.follower.halted,
+            "joined_from_snapshot": self.follower.joined_from_snapshot,
             "at_ms": int(time.time() * 1000),
         }
 

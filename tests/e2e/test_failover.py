@@ -158,3 +158,26 @@ def test_holds_expire_by_the_primarys_clock(cluster: Cluster) -> None:
     assert (bal["available"], bal["held"]) == (900, 0)
     seller.broker.close()
     buyer.broker.close()
+
+
+def test_a_replica_with_an_empty_store_joins_from_the_shared_snapshot(cluster: Cluster) -> None:
+    cluster.start("r1", "--snapshot-every", "500")
+    client = Client(BrokerClient(AMQP_URL, cluster.names), cluster.home)
+    client.register("ivy", "ivy-secret-12")
+    cluster.wait_for(lambda rs: any(r["role"] == "primary" for r in rs), what="a primary")
+    _pipelined_deposits(cluster, "ivy", 1_200)
+    client.broker.close()
+    cluster.start("r2")  # a new machine: nothing in its store
+    rows = cluster.wait_for(lambda rs: len(rs) == 2 and len({r["seq"] for r in rs}) == 1, timeout=60,
+                            what="the new replica to catch up")
+    joined = next(r for r in rows if r["replica"] == "r2")["joined_from_snapshot"]
+    assert joined is not None and joined >= 500  # it did not replay the log from the start
+    for rid in ("r1", "r2"):
+        cluster.stop(rid)
+    a1, a2 = cluster.audit("r1"), cluster.audit("r2")
+    assert a1["ok"] and a2["ok"], (a1, a2)
+    assert a2["from_snapshot"] == joined and a2["events"] < a1["events"]
+    common = min(a1["head_seq"], a2["head_seq"])
+    hashes = {json.loads(cluster.acb("audit", "hash", "--store", cluster.store(rid), "--at", str(common),
+                                     "--json").stdout)["state_hash"] for rid in ("r1", "r2")}
+    assert len(hashes) == 1
