@@ -1,0 +1,135 @@
+"""`acb transfers` against a running `acb serve`, all as separate processes: list, limit, pause, resume."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.conftest import ACB, Cluster
+
+ALICE = {"ACB_USER": "alice", "ACB_PASSWORD": "alice-secret-1"}
+BOB = {"ACB_USER": "bob", "ACB_PASSWORD": "bob-secret-12"}
+
+
+def _transfers_command() -> list[str]:
+    """``acb transfers``; until peer.cli registers it, the same parser run from its own module."""
+    from peer.cli import build_parser
+
+    try:
+        build_parser().parse_args(["transfers"])
+    except SystemExit:
+        return [sys.executable, "-m", "peer.transfers_cli", "transfers"]
+    return [*ACB, "transfers"]
+
+
+TRANSFERS = _transfers_command()
+
+
+def _transfers(cluster: Cluster, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(TRANSFERS + list(args), env={**cluster.env, **env}, capture_output=True, text=True,
+                          timeout=60)
+
+
+def _listing(cluster: Cluster, env: dict[str, str]) -> dict[str, Any]:
+    out = _transfers(cluster, "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_uploads_listed_limited_paused_resumed(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start("r1")
+    assert cluster.acb("register", "alice", env=ALICE).returncode == 0
+    assert cluster.acb("register", "bob", env=BOB).returncode == 0
+    cluster.acb_json("operator", "deposit", "bob", "20.00")
+    doc = tmp_path / "atlas.bin"
+    doc.write_bytes(os.urandom(3 * 1024 * 1024 + 5000))
+    port = _free_port()
+    shared = cluster.acb_json("share", str(doc), "--price", "2.00", "--topic", "maps", "--title", "Atlas",
+                              "--endpoint", f"127.0.0.1:{port}", env=ALICE)
+
+    # Nothing serves yet: the listing says so, steering is one clear line.
+    idle = _listing(cluster, ALICE)
+    assert idle == {"uploads": [], "downloads": [], "serve": None}
+    refused = _transfers(cluster, "pause", "s-none", env=ALICE)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == "acb: no `acb serve` running for alice"
+
+    server = subprocess.Popen(ACB + ["serve", "--listen", f"127.0.0.1:{port}"], env={**cluster.env, **ALICE},
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    buyer: subprocess.Popen[str] | None = None
+    sock = cluster.home / "users" / "alice" / "serve.sock"
+    try:
+        assert server.stdout is not None and server.stdout.readline().startswith(b"serving")
+        assert sock.exists() and (sock.stat().st_mode & 0o777) == 0o600
+        limited = _transfers(cluster, "limit", "0.5", env=ALICE)
+        assert limited.returncode == 0 and "0.50 MB/s" in limited.stdout
+
+        out = tmp_path / "bought.bin"
+        buyer = subprocess.Popen(ACB + ["buy", shared["doc_id"], "--out", str(out), "--json"],
+                                 env={**cluster.env, **BOB}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        def sending() -> dict[str, Any] | None:
+            rows = _listing(cluster, ALICE)["uploads"]
+            return next((u for u in rows if u["state"] == "sending" and u["bytes_sent"] > 0), None)
+
+        row = _wait(sending, 20, "the upload to show")
+        listing = _listing(cluster, ALICE)
+        assert listing["serve"] == {"endpoint": f"127.0.0.1:{port}", "limit_mbps": 0.5}
+        assert row["consumer"] == "bob" and row["doc"] == shared["doc_id"] and row["segments_total"] == 4
+        assert row["allotted_mbps"] == 0.5 and row["priority"] == 1
+        assert 0 < row["avg_mbps"] < 0.65 and row["rate_mbps"] < 0.65
+        sale = row["sale"]
+        text = _transfers(cluster, env=ALICE)
+        assert text.returncode == 0 and sale in text.stdout and "bob" in text.stdout
+
+        paused = _transfers(cluster, "pause", sale, env=ALICE)
+        assert paused.returncode == 0 and paused.stdout.strip() == f"upload of sale {sale} paused"
+        time.sleep(0.5)
+        [held] = _listing(cluster, ALICE)["uploads"]
+        time.sleep(1.5)
+        [still] = _listing(cluster, ALICE)["uploads"]
+        assert held["state"] == still["state"] == "paused"
+        assert still["bytes_sent"] == held["bytes_sent"] < doc.stat().st_size
+        # The buyer's side: a partial download of the same sale, seen from its own profile.
+        [mine] = _listing(cluster, BOB)["downloads"]
+        assert mine["sale"] == sale and mine["state"] == "partial" and mine["open_sale"] is True
+        assert mine["provider"] == "alice" and mine["segments_total"] == 4
+
+        assert _transfers(cluster, "resume", sale, env=ALICE).returncode == 0
+        stdout, stderr = buyer.communicate(timeout=30)
+        assert buyer.returncode == 0, stderr
+        assert json.loads(stdout.strip().splitlines()[-1])["verified"] is True
+        assert out.read_bytes() == doc.read_bytes()
+        [done] = _listing(cluster, ALICE)["uploads"]
+        assert done["state"] == "done" and done["segments_sent"] == 4
+        assert _listing(cluster, BOB)["downloads"] == []  # decrypted and verified: nothing left behind
+    finally:
+        if buyer is not None and buyer.poll() is None:
+            buyer.kill()
+            buyer.communicate()
+        server.terminate()
+        server.wait(10)
+        assert server.stdout is not None
+        server.stdout.close()
+    assert not sock.exists()
