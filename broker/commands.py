@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 __all__ = [
     "Command", "COMMAND_ADAPTER", "RegisterUser", "Deposit", "SetFee", "PublishDocument",
-    "Unpublish", "ChangePrice", "OpenSale", "EscrowKey", "SettleSale", "VoidSale",
+    "Unpublish", "ChangePrice", "OpenSale", "EscrowKey", "SettleSale", "SettleInterval", "VoidSale",
     "FileDispute", "OPERATOR", "LEDGER", "OWNER",
 ]
 
@@ -72,6 +72,8 @@ class PublishDocument(_Command):
     merkle_root: Hex32
     segment_size: Annotated[int, Field(ge=1024, le=1 << 26)]
     endpoint: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]+:[0-9]{1,5}$")]
+    # Large files may be sold in intervals of this many segments, each paid as it arrives (0: whole).
+    interval_segments: Annotated[int, Field(ge=0)] = 0
 
 
 class Unpublish(_Command):
@@ -110,6 +112,14 @@ class SettleSale(_Command):
     sale_id: Ident
 
 
+class SettleInterval(_Command):
+    """Consumer holds every segment of one interval of a split sale: pay for it, get its key."""
+
+    type: Literal["settle_interval"] = "settle_interval"
+    sale_id: Ident
+    interval: Annotated[int, Field(ge=0)]
+
+
 class VoidSale(_Command):
     """Cancel an unsettled sale: the hold goes back to the consumer."""
 
@@ -132,7 +142,7 @@ class FileDispute(_Command):
 Command = Annotated[
     Union[
         RegisterUser, Deposit, SetFee, PublishDocument, Unpublish, ChangePrice, OpenSale,
-        EscrowKey, SettleSale, VoidSale, FileDispute,
+        EscrowKey, SettleSale, SettleInterval, VoidSale, FileDispute,
     ],
     Field(discriminator="type"),
 ]

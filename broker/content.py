@@ -26,7 +26,9 @@ from typing import Any
 import blake3
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 __all__ = [
     "KEY_SIZE",
@@ -40,6 +42,10 @@ __all__ = [
     "MerkleTree",
     "ProofInvalid",
     "SegmentCipher",
+    "interval_count",
+    "interval_key",
+    "interval_of",
+    "choose_segment_size",
     "SignatureInvalid",
     "SignedEntry",
     "SignedHeader",
@@ -306,28 +312,78 @@ def _check_key(key: bytes) -> None:
         raise ContentError(f"segment key must be {KEY_SIZE} bytes, got {len(key)}")
 
 
-class SegmentCipher:
-    """AES-256-GCM for one sale, reusing the key schedule and caller buffers."""
+def interval_key(key: bytes, sale_id: str, interval: int) -> bytes:
+    """The key of one interval of an interval sale, derived from the sale key K (HKDF-SHA256).
 
-    def __init__(self, key: bytes, sale_id: str) -> None:
-        _check_key(key)
-        self._aead = AESGCM(key)
+    Releasing it opens that interval's segments and nothing else.
+    """
+    _check_key(key)
+    info = b"acb-interval\x00" + sale_id.encode() + b"\x00" + interval.to_bytes(8, "big")
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None, info=info).derive(key)
+
+
+def interval_of(index: int, interval_segments: int) -> int:
+    """The interval segment ``index`` belongs to (0 when the sale is not split)."""
+    return index // interval_segments if interval_segments else 0
+
+
+def interval_count(segment_count: int, interval_segments: int) -> int:
+    """How many intervals a document of ``segment_count`` segments has (1 when not split)."""
+    if not interval_segments or interval_segments >= segment_count:
+        return 1
+    return -(-segment_count // interval_segments)
+
+
+class SegmentCipher:
+    """AES-256-GCM for one sale, reusing the key schedule and caller buffers.
+
+    With ``interval_segments`` the sale is split: segment ``i`` is encrypted under
+    :func:`interval_key` of its interval. ``key`` is then the sale key K, or None
+    when only some interval keys are known (``interval_keys``, a consumer's case).
+    """
+
+    def __init__(self, key: bytes | None, sale_id: str, interval_segments: int = 0,
+                 interval_keys: dict[int, bytes] | None = None) -> None:
         self.sale_id = sale_id
+        self._split = interval_segments
+        self._master = key
+        self._keys = dict(interval_keys or {})
+        self._aeads: dict[int, AESGCM] = {}
+        if not interval_segments:
+            if key is None:
+                raise ContentError("a sale that is not split needs its key")
+            _check_key(key)
+        self._aead = AESGCM(key) if not interval_segments and key is not None else None
+
+    def _for(self, index: int) -> AESGCM:
+        if self._aead is not None:
+            return self._aead
+        j = interval_of(index, self._split)
+        aead = self._aeads.get(j)
+        if aead is None:
+            k = self._keys.get(j)
+            if k is None:
+                if self._master is None:
+                    raise DecryptionFailed(f"segment {index}: the key of interval {j} has not been released")
+                k = interval_key(self._master, self.sale_id, j)
+            _check_key(k)
+            aead = self._aeads[j] = AESGCM(k)
+        return aead
 
     def encrypt(self, index: int, plaintext: bytes | bytearray | memoryview) -> bytes:
         """Encrypt segment ``index``; returns ciphertext || tag."""
-        return self._aead.encrypt(_nonce(index), plaintext, _aad(self.sale_id, index))
+        return self._for(index).encrypt(_nonce(index), plaintext, _aad(self.sale_id, index))
 
     def encrypt_into(self, index: int, plaintext: memoryview | bytes, out: memoryview | bytearray) -> int:
         """Encrypt into ``out`` (at least len(plaintext) + 16 bytes); returns bytes written."""
         n = len(plaintext) + TAG_SIZE
-        self._aead.encrypt_into(_nonce(index), plaintext, _aad(self.sale_id, index), memoryview(out)[:n])
+        self._for(index).encrypt_into(_nonce(index), plaintext, _aad(self.sale_id, index), memoryview(out)[:n])
         return n
 
     def decrypt(self, index: int, ciphertext: bytes | bytearray | memoryview) -> bytes:
         """Decrypt segment ``index``; raises :class:`DecryptionFailed`."""
         try:
-            return self._aead.decrypt(_nonce(index), ciphertext, _aad(self.sale_id, index))
+            return self._for(index).decrypt(_nonce(index), ciphertext, _aad(self.sale_id, index))
         except InvalidTag as exc:
             raise DecryptionFailed(
                 f"segment {index} of sale {self.sale_id} failed authentication "
@@ -340,7 +396,7 @@ class SegmentCipher:
             raise DecryptionFailed(f"segment {index} is shorter than a GCM tag")
         n = len(ciphertext) - TAG_SIZE
         try:
-            self._aead.decrypt_into(_nonce(index), ciphertext, _aad(self.sale_id, index), memoryview(out)[:n])
+            self._for(index).decrypt_into(_nonce(index), ciphertext, _aad(self.sale_id, index), memoryview(out)[:n])
         except InvalidTag as exc:
             raise DecryptionFailed(
                 f"segment {index} of sale {self.sale_id} failed authentication "
@@ -577,6 +633,7 @@ def judge_dispute(
     ciphertext: bytes,
     published_root_hex: str,
     segment_count: int,
+    interval_segments: int = 0,
 ) -> Verdict:
     """Decide a consumer's complaint about one segment from signed evidence only.
 
@@ -600,7 +657,7 @@ def judge_dispute(
     if ciphertext_hash(ciphertext) != e.ct_hash:
         return Verdict(False, f"ciphertext of segment {e.index} does not match the hash the provider signed")
     try:
-        plaintext = SegmentCipher(key, sale_id).decrypt(e.index, ciphertext)
+        plaintext = SegmentCipher(key, sale_id, interval_segments).decrypt(e.index, ciphertext)
     except ContentError:
         if key_commitment(sale_id, key) != h.key_commitment:
             return Verdict(True, f"segment {e.index}: escrowed key does not match the provider's signed commitment")

@@ -24,8 +24,10 @@ def escrow_info(sale_id: str) -> bytes:
     return b"acb-escrow\x00" + sale_id.encode()
 
 
-def release_info(sale_id: str) -> bytes:
-    return b"acb-release\x00" + sale_id.encode()
+def release_info(sale_id: str, interval: int | None = None) -> bytes:
+    """Purpose of a released key: the sale's key K, or (with ``interval``) one interval's key."""
+    base = b"acb-release\x00" + sale_id.encode()
+    return base if interval is None else base + b"\x00interval\x00" + interval.to_bytes(8, "big")
 
 
 def x25519_public_raw(key: X25519PrivateKey) -> bytes:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 __all__ = [
     "Event", "EVENT_ADAPTER", "parse_event", "UPCASTERS", "EpochStarted", "UserRegistered", "Deposited",
     "FeeSet", "DocumentPublished", "DocumentUnpublished", "PriceChanged", "SaleOpened", "KeyEscrowed",
-    "SaleSettled", "SaleVoided", "DisputeResolved",
+    "SaleSettled", "IntervalSettled", "SaleVoided", "DisputeResolved",
 ]
 
 
@@ -64,6 +64,7 @@ class DocumentPublished(_Event):
     merkle_root: str
     segment_size: int
     endpoint: str
+    interval_segments: int = 0
 
 
 class DocumentUnpublished(_Event):
@@ -88,6 +89,9 @@ class SaleOpened(_Event):
     price: int
     fee: int
     deadline_ms: int
+    intervals: int = 1  # >1: paid interval by interval, each releasing its own key
+    interval_segments: int = 0
+    fee_bps: int = 0  # the rate the fee was fixed at (interval fees are computed from it)
 
 
 class KeyEscrowed(_Event):
@@ -108,6 +112,19 @@ class SaleSettled(_Event):
     consumer_sealed_key: str  # HPKE of K to the consumer's box key
 
 
+class IntervalSettled(_Event):
+    """One interval of a split sale is paid for, and its key goes to the consumer only."""
+
+    type: Literal["interval_settled"] = "interval_settled"
+    sale_id: str
+    interval: int
+    price: int
+    fee: int
+    provider_amount: int
+    consumer_sealed_key: str  # HPKE of the interval's key to the consumer's box key
+    deadline_ms: int  # the sale's new deadline: the next interval may take as long again
+
+
 class SaleVoided(_Event):
     type: Literal["sale_voided"] = "sale_voided"
     sale_id: str
@@ -122,14 +139,16 @@ class DisputeResolved(_Event):
     index: int
     provider_cheated: bool
     reason: str
-    refund: int  # to the consumer: provider returns price - fee, owner returns fee
+    refund: int  # to the consumer: all it paid; the provider returns refund - fee_returned
     penalty: int  # a false dispute costs the disputer this, paid to the owner
+    fee_returned: int = 0  # the owner returns the commission it took on the refunded payments
+    released: int = 0  # what was still held for unpaid intervals goes back to the consumer
 
 
 Event = Annotated[
     Union[
         EpochStarted, UserRegistered, Deposited, FeeSet, DocumentPublished, DocumentUnpublished,
-        PriceChanged, SaleOpened, KeyEscrowed, SaleSettled, SaleVoided, DisputeResolved,
+        PriceChanged, SaleOpened, KeyEscrowed, SaleSettled, IntervalSettled, SaleVoided, DisputeResolved,
     ],
     Field(discriminator="type"),
 ]

@@ -22,7 +22,7 @@ from broker.envelope import Envelope, verify
 from broker.sealing import SealError, escrow_info, open_sealed, release_info, seal_to
 from ledger import events as ev
 from ledger.model import OPEN, SETTLED, State
-from ledger.money import MAX_FEE_BPS, fee
+from ledger.money import MAX_FEE_BPS, fee, interval_prices
 
 __all__ = ["Context", "Decision", "decide", "authenticate", "expire_holds", "RESERVED_LOGINS"]
 
@@ -177,9 +177,15 @@ def _open_sale(state: State, sender: str, cmd: c.OpenSale, ctx: Context) -> Deci
         raise errors.InsufficientFunds(f"balance {available}, price {doc.price}")
     sale_fee = fee(doc.price, state.fee_bps)
     deadline = ctx.now_ms + ctx.hold_ttl_ms
+    n = content.interval_count(content.segment_count_for(doc.size, doc.segment_size), doc.interval_segments)
     event = ev.SaleOpened(sale_id=cmd.sale_id, doc_id=doc.doc_id, consumer=sender, provider=doc.provider,
-                          price=doc.price, fee=sale_fee, deadline_ms=deadline)
-    return Decision([event], {"sale_id": cmd.sale_id, "price": doc.price, "fee": sale_fee, "deadline_ms": deadline})
+                          price=doc.price, fee=sale_fee, deadline_ms=deadline, intervals=n,
+                          interval_segments=doc.interval_segments if n > 1 else 0, fee_bps=state.fee_bps)
+    result: dict[str, Any] = {"sale_id": cmd.sale_id, "price": doc.price, "fee": sale_fee, "deadline_ms": deadline,
+                              "intervals": n}
+    if n > 1:
+        result["interval_prices"] = interval_prices(doc.price, n)
+    return Decision([event], result)
 
 
 def _sale_of(state: State, sale_id: str, sender: str, *roles: str) -> Any:
@@ -214,20 +220,51 @@ def _escrow(state: State, sender: str, cmd: c.EscrowKey, ctx: Context) -> Decisi
     return Decision([event], {"sale_id": cmd.sale_id, "key_commitment": cmd.key_commitment})
 
 
-def _settle(state: State, sender: str, cmd: c.SettleSale, ctx: Context) -> Decision:
-    sale = _sale_of(state, cmd.sale_id, sender, "consumer")
+def _settleable(state: State, sale_id: str, sender: str, ctx: Context) -> tuple[Any, bytes]:
+    sale = _sale_of(state, sale_id, sender, "consumer")
     if sale.status != OPEN:
-        raise errors.SaleClosed(f"sale {cmd.sale_id} is already {sale.status}")
+        raise errors.SaleClosed(f"sale {sale_id} is already {sale.status}")
     if sale.sealed_key is None:
-        raise errors.KeyNotEscrowed(f"provider {sale.provider} has not escrowed the key of {cmd.sale_id}")
-    key = _open_escrow(sale.sale_id, sale.sealed_key, sale.key_commitment, ctx)
+        raise errors.KeyNotEscrowed(f"provider {sale.provider} has not escrowed the key of {sale_id}")
+    return sale, _open_escrow(sale.sale_id, sale.sealed_key, sale.key_commitment, ctx)
+
+
+def _settle(state: State, sender: str, cmd: c.SettleSale, ctx: Context) -> Decision:
+    """Pay what is left of the price and release the sale key K (a split sale's rest at once)."""
+    sale, key = _settleable(state, cmd.sale_id, sender, ctx)
     consumer = state.users[sale.consumer]
     sealed = b64e(seal_to(bytes.fromhex(consumer.box_key), key, release_info(sale.sale_id)))
-    provider_amount = sale.price - sale.fee
-    event = ev.SaleSettled(sale_id=sale.sale_id, price=sale.price, fee=sale.fee,
+    price, sale_fee = sale.price - sale.paid, sale.fee - sale.fee_paid
+    provider_amount = price - sale_fee
+    event = ev.SaleSettled(sale_id=sale.sale_id, price=price, fee=sale_fee,
                            provider_amount=provider_amount, consumer_sealed_key=sealed)
-    return Decision([event], {"sale_id": sale.sale_id, "price": sale.price, "fee": sale.fee,
+    return Decision([event], {"sale_id": sale.sale_id, "price": price, "fee": sale_fee,
                               "provider_amount": provider_amount, "consumer_sealed_key": sealed})
+
+
+def _settle_interval(state: State, sender: str, cmd: c.SettleInterval, ctx: Context) -> Decision:
+    """Pay one interval of a split sale, in order, and release that interval's key only."""
+    sale, key = _settleable(state, cmd.sale_id, sender, ctx)
+    if sale.intervals < 2:
+        raise errors.NotAuthorized(f"sale {sale.sale_id} is not split into intervals; settle it whole")
+    if cmd.interval != sale.settled_intervals:
+        raise errors.SaleClosed(f"interval {cmd.interval + 1} of {sale.sale_id}: the next to settle is "
+                                f"{sale.settled_intervals + 1} of {sale.intervals}")
+    j = cmd.interval
+    price = interval_prices(sale.price, sale.intervals)[j]
+    # Fees by cumulative rounding: all intervals together cost exactly the fee fixed at opening.
+    paid_after = sale.paid + price
+    last = j == sale.intervals - 1
+    sale_fee = (sale.fee if last else fee(paid_after, sale.fee_bps)) - sale.fee_paid
+    consumer = state.users[sale.consumer]
+    k = content.interval_key(key, sale.sale_id, j)
+    sealed = b64e(seal_to(bytes.fromhex(consumer.box_key), k, release_info(sale.sale_id, j)))
+    deadline = ctx.now_ms + ctx.hold_ttl_ms
+    event = ev.IntervalSettled(sale_id=sale.sale_id, interval=j, price=price, fee=sale_fee,
+                               provider_amount=price - sale_fee, consumer_sealed_key=sealed, deadline_ms=deadline)
+    return Decision([event], {"sale_id": sale.sale_id, "interval": j, "intervals": sale.intervals, "price": price,
+                              "fee": sale_fee, "provider_amount": price - sale_fee, "consumer_sealed_key": sealed,
+                              "paid": paid_after, "remaining": sale.price - paid_after})
 
 
 def _void(state: State, sender: str, cmd: c.VoidSale, ctx: Context) -> Decision:
@@ -245,8 +282,11 @@ def _void(state: State, sender: str, cmd: c.VoidSale, ctx: Context) -> Decision:
 
 def _dispute(state: State, sender: str, cmd: c.FileDispute, ctx: Context) -> Decision:
     sale = _sale_of(state, cmd.sale_id, sender, "consumer")
-    if sale.status != SETTLED:
-        raise errors.SaleClosed(f"only a settled sale can be disputed; {cmd.sale_id} is {sale.status}")
+    paid_segments = sale.settled_intervals * sale.interval_segments
+    if not (sale.status == SETTLED or (sale.status == OPEN and sale.settled_intervals and cmd.index < paid_segments)):
+        raise errors.SaleClosed(f"only what was paid for can be disputed; sale {cmd.sale_id} is {sale.status}"
+                                + (f" and segment {cmd.index} is in an interval not yet settled"
+                                   if sale.status == OPEN else ""))
     if sale.disputed:
         raise errors.SaleClosed(f"sale {cmd.sale_id} was already disputed")
     key = _open_escrow(sale.sale_id, sale.sealed_key, sale.key_commitment, ctx)
@@ -265,10 +305,13 @@ def _dispute(state: State, sender: str, cmd: c.FileDispute, ctx: Context) -> Dec
         key=key, sale_id=sale.sale_id, provider_public_key=bytes.fromhex(provider.sign_key),
         header=header, entry=entry, ciphertext=ciphertext, published_root_hex=doc.merkle_root,
         segment_count=content.segment_count_for(doc.size, doc.segment_size),
+        interval_segments=sale.interval_segments,
     )
     if verdict.provider_cheated:
+        # Everything paid comes back; what is still held for later intervals is released.
         event = ev.DisputeResolved(sale_id=sale.sale_id, index=cmd.index, provider_cheated=True,
-                                   reason=verdict.reason, refund=sale.price, penalty=0)
+                                   reason=verdict.reason, refund=sale.paid, penalty=0, fee_returned=sale.fee_paid,
+                                   released=sale.held)
     else:
         # Never below zero: a disputer who owes money (a struck provider) must not be paid for losing.
         penalty = max(0, min(max(fee(sale.price, state.fee_bps), 1), state.balance(sender)))
@@ -290,5 +333,5 @@ def expire_holds(state: State, now_ms: int) -> list[Any]:
 _HANDLERS: dict[type, Any] = {
     c.RegisterUser: _register, c.Deposit: _deposit, c.SetFee: _set_fee, c.PublishDocument: _publish,
     c.Unpublish: _unpublish, c.ChangePrice: _change_price, c.OpenSale: _open_sale, c.EscrowKey: _escrow,
-    c.SettleSale: _settle, c.VoidSale: _void, c.FileDispute: _dispute,
+    c.SettleSale: _settle, c.SettleInterval: _settle_interval, c.VoidSale: _void, c.FileDispute: _dispute,
 }

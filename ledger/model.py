@@ -55,6 +55,7 @@ class Document:
     endpoint: str
     published: bool
     published_seq: int
+    interval_segments: int = 0
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,18 @@ class Sale:
     closed_seq: int | None = None
     reason: str = ""
     disputed: bool = False
+    fee_bps: int = 0
+    intervals: int = 1  # >1: a split sale, paid interval by interval
+    interval_segments: int = 0
+    settled_intervals: int = 0
+    paid: int = 0  # of the price, paid so far (the rest is still held)
+    fee_paid: int = 0
+    interval_sealed_keys: tuple[str, ...] = ()
+
+    @property
+    def held(self) -> int:
+        """What is still held from the consumer for this sale."""
+        return self.price - self.paid if self.status == OPEN else 0
 
 
 @dataclass(frozen=True)
@@ -182,7 +195,7 @@ def _(e: ev.FeeSet, state: State, rec: Record) -> State:
 def _(e: ev.DocumentPublished, state: State, rec: Record) -> State:
     doc = Document(
         e.doc_id, e.provider, e.title, e.topic, e.description, e.price, e.size, e.sha256, e.merkle_root,
-        e.segment_size, e.endpoint, True, rec.seq,
+        e.segment_size, e.endpoint, True, rec.seq, e.interval_segments,
     )
     return dataclasses.replace(state, documents=state.documents.set(e.doc_id, doc))
 
@@ -201,7 +214,8 @@ def _(e: ev.PriceChanged, state: State, rec: Record) -> State:
 
 @_mutate.register
 def _(e: ev.SaleOpened, state: State, rec: Record) -> State:
-    sale = Sale(e.sale_id, e.doc_id, e.consumer, e.provider, e.price, e.fee, e.deadline_ms, OPEN, rec.seq)
+    sale = Sale(e.sale_id, e.doc_id, e.consumer, e.provider, e.price, e.fee, e.deadline_ms, OPEN, rec.seq,
+                fee_bps=e.fee_bps, intervals=e.intervals, interval_segments=e.interval_segments)
     state = _move(state, (e.consumer, -e.price, Flow(rec.seq, rec.at_ms, "hold", -e.price, e.provider, e.doc_id, e.sale_id)))
     return dataclasses.replace(
         state, sales=state.sales.set(e.sale_id, sale), held=state.held.set(e.consumer, state.holds(e.consumer) + e.price)
@@ -214,23 +228,45 @@ def _(e: ev.KeyEscrowed, state: State, rec: Record) -> State:
     return dataclasses.replace(state, sales=state.sales.set(e.sale_id, sale))
 
 
-def _release_hold(state: State, sale: Sale) -> State:
-    return dataclasses.replace(state, held=state.held.set(sale.consumer, state.holds(sale.consumer) - sale.price))
+def _release_hold(state: State, sale: Sale, amount: int) -> State:
+    return dataclasses.replace(state, held=state.held.set(sale.consumer, state.holds(sale.consumer) - amount))
+
+
+def _pay(state: State, sale: Sale, rec: Record, price: int, fee: int, provider_amount: int, what: str) -> State:
+    """Part (or all) of the hold becomes the payment: provider and owner are credited."""
+    state = _release_hold(state, sale, price)
+    return _move(
+        state,
+        # The consumer's hold becomes the payment: a flow of 0 on its available balance.
+        (sale.consumer, 0, Flow(rec.seq, rec.at_ms, "payment", 0, sale.provider, sale.doc_id, sale.sale_id,
+                                memo=f"paid {price} from hold{what}")),
+        (sale.provider, provider_amount, Flow(rec.seq, rec.at_ms, "sale", provider_amount, sale.consumer,
+                                              sale.doc_id, sale.sale_id, memo=what.strip(", "))),
+        ("owner", fee, Flow(rec.seq, rec.at_ms, "commission", fee, sale.provider, sale.doc_id, sale.sale_id)),
+    )
+
+
+@_mutate.register
+def _(e: ev.IntervalSettled, state: State, rec: Record) -> State:
+    sale = state.sales[e.sale_id]
+    state = _pay(state, sale, rec, e.price, e.fee, e.provider_amount, f", interval {e.interval + 1}/{sale.intervals}")
+    done = sale.settled_intervals + 1 == sale.intervals
+    sale = dataclasses.replace(
+        sale, settled_intervals=sale.settled_intervals + 1, paid=sale.paid + e.price, fee_paid=sale.fee_paid + e.fee,
+        interval_sealed_keys=sale.interval_sealed_keys + (e.consumer_sealed_key,), deadline_ms=e.deadline_ms,
+    )
+    if done:
+        sale = dataclasses.replace(sale, status=SETTLED, consumer_sealed_key=e.consumer_sealed_key, closed_seq=rec.seq)
+    return dataclasses.replace(state, sales=state.sales.set(e.sale_id, sale))
 
 
 @_mutate.register
 def _(e: ev.SaleSettled, state: State, rec: Record) -> State:
     sale = state.sales[e.sale_id]
-    state = _release_hold(state, sale)
-    # The consumer's hold becomes the payment: recorded as a flow of 0 on its available balance.
-    state = _move(
-        state,
-        (sale.consumer, 0, Flow(rec.seq, rec.at_ms, "payment", 0, sale.provider, sale.doc_id, sale.sale_id,
-                                memo=f"paid {e.price} from hold")),
-        (sale.provider, e.provider_amount, Flow(rec.seq, rec.at_ms, "sale", e.provider_amount, sale.consumer,
-                                                 sale.doc_id, sale.sale_id)),
-        ("owner", e.fee, Flow(rec.seq, rec.at_ms, "commission", e.fee, sale.provider, sale.doc_id, sale.sale_id)),
-    )
+    state = _pay(state, sale, rec, e.price, e.fee, e.provider_amount, "")
+    sale = dataclasses.replace(sale, paid=sale.paid + e.price, fee_paid=sale.fee_paid + e.fee,
+                               settled_intervals=sale.intervals)
+    state = dataclasses.replace(state, sales=state.sales.set(e.sale_id, sale))
     done = dataclasses.replace(sale, status=SETTLED, consumer_sealed_key=e.consumer_sealed_key, closed_seq=rec.seq)
     return dataclasses.replace(state, sales=state.sales.set(e.sale_id, done))
 
@@ -238,9 +274,10 @@ def _(e: ev.SaleSettled, state: State, rec: Record) -> State:
 @_mutate.register
 def _(e: ev.SaleVoided, state: State, rec: Record) -> State:
     sale = state.sales[e.sale_id]
-    state = _release_hold(state, sale)
-    state = _move(state, (sale.consumer, sale.price, Flow(rec.seq, rec.at_ms, "release", sale.price, sale.provider,
-                                                          sale.doc_id, sale.sale_id, memo=e.reason)))
+    rest = sale.price - sale.paid  # a split sale keeps what its settled intervals paid
+    state = _release_hold(state, sale, rest)
+    state = _move(state, (sale.consumer, rest, Flow(rec.seq, rec.at_ms, "release", rest, sale.provider,
+                                                    sale.doc_id, sale.sale_id, memo=e.reason)))
     done = dataclasses.replace(sale, status=VOIDED, closed_seq=rec.seq, reason=e.reason)
     return dataclasses.replace(state, sales=state.sales.set(e.sale_id, done))
 
@@ -249,20 +286,27 @@ def _(e: ev.SaleVoided, state: State, rec: Record) -> State:
 def _(e: ev.DisputeResolved, state: State, rec: Record) -> State:
     sale = state.sales[e.sale_id]
     if e.provider_cheated:
+        clawback = e.refund - e.fee_returned
         state = _move(
             state,
-            (sale.provider, -(e.refund - sale.fee), Flow(rec.seq, rec.at_ms, "clawback", -(e.refund - sale.fee),
-                                                         sale.consumer, sale.doc_id, sale.sale_id, memo=e.reason)),
-            ("owner", -sale.fee, Flow(rec.seq, rec.at_ms, "commission_return", -sale.fee, sale.provider,
-                                      sale.doc_id, sale.sale_id)),
+            (sale.provider, -clawback, Flow(rec.seq, rec.at_ms, "clawback", -clawback, sale.consumer, sale.doc_id,
+                                            sale.sale_id, memo=e.reason)),
+            ("owner", -e.fee_returned, Flow(rec.seq, rec.at_ms, "commission_return", -e.fee_returned, sale.provider,
+                                            sale.doc_id, sale.sale_id)),
             (sale.consumer, e.refund, Flow(rec.seq, rec.at_ms, "refund", e.refund, sale.provider, sale.doc_id,
                                            sale.sale_id, memo=e.reason)),
         )
+        if e.released:  # a split sale caught mid-way: what was held for later intervals comes back too
+            state = _release_hold(state, sale, e.released)
+            state = _move(state, (sale.consumer, e.released, Flow(rec.seq, rec.at_ms, "release", e.released,
+                                                                  sale.provider, sale.doc_id, sale.sale_id,
+                                                                  memo=e.reason)))
         provider = state.users[sale.provider]
         state = dataclasses.replace(
             state, users=state.users.set(sale.provider, dataclasses.replace(provider, strikes=provider.strikes + 1))
         )
-        done = dataclasses.replace(sale, status=REFUNDED, disputed=True, reason=e.reason)
+        done = dataclasses.replace(sale, status=REFUNDED, disputed=True, reason=e.reason,
+                                   closed_seq=sale.closed_seq or rec.seq)
     else:
         if e.penalty:
             state = _move(
@@ -298,12 +342,17 @@ def state_to_dict(state: State) -> dict[str, Any]:
 def state_from_dict(data: dict[str, Any]) -> State:
     kwargs: dict[str, Any] = {k: data[k] for k in ("seq", "head_hash", "epoch", "primary", "fee_bps", "deposited")}
     for name, cls in _TABLES.items():
-        kwargs[name] = pmap({k: cls(**v) for k, v in data[name].items()})
+        kwargs[name] = pmap({k: cls(**_tuples(v)) for k, v in data[name].items()})
     kwargs["balances"] = pmap(data["balances"])
     kwargs["held"] = pmap(data["held"])
     kwargs["commands"] = pmap(data["commands"])
     kwargs["flows"] = pmap({k: pvector(Flow(**f) for f in v) for k, v in data["flows"].items()})
     return State(**kwargs)
+
+
+def _tuples(fields: dict[str, Any]) -> dict[str, Any]:
+    # JSON has lists; the frozen records hold tuples.
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
 
 
 def state_hash(state: State) -> str:
@@ -321,7 +370,7 @@ def invariant_violations(state: State) -> list[str]:
     open_by_consumer: dict[str, int] = {}
     for sale in state.sales.values():
         if sale.status == OPEN:
-            open_by_consumer[sale.consumer] = open_by_consumer.get(sale.consumer, 0) + sale.price
+            open_by_consumer[sale.consumer] = open_by_consumer.get(sale.consumer, 0) + sale.held
         if sale.status == SETTLED and not sale.consumer_sealed_key:
             problems.append(f"sale {sale.sale_id} settled without releasing its key")
         if sale.status != SETTLED and sale.status != REFUNDED and sale.consumer_sealed_key:

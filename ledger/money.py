@@ -5,10 +5,18 @@ unit, where ``bps`` is basis points (100 = 1%). Prices are positive, so "half
 up" and "half away from zero" agree. The provider receives ``price - fee``;
 the owner receives ``fee``; nothing is lost to rounding because the two parts
 always add back to the price.
+
+Interval sales (large files paid as they arrive): the price is split into
+``n`` whole parts, the first ``price % n`` parts one unit larger
+(:func:`interval_prices`); the fee of interval ``j`` is the fee of everything
+paid up to and including ``j`` less the fee of everything before it
+(:func:`interval_fees`), so the fees of all intervals add up to exactly
+``fee(price, bps)``: paying in parts never costs anyone a rounding unit.
 """
 from __future__ import annotations
 
-__all__ = ["fee", "split", "format_minor", "parse_minor", "DEFAULT_FEE_BPS", "MAX_FEE_BPS"]
+__all__ = ["fee", "split", "interval_prices", "interval_fees", "format_minor", "parse_minor", "DEFAULT_FEE_BPS",
+           "MAX_FEE_BPS"]
 
 DEFAULT_FEE_BPS = 100
 MAX_FEE_BPS = 10_000
@@ -27,6 +35,25 @@ def split(price: int, bps: int) -> tuple[int, int]:
     """``(provider_amount, fee)``: what the provider and the owner receive of ``price``."""
     f = fee(price, bps)
     return price - f, f
+
+
+def interval_prices(price: int, n: int) -> list[int]:
+    """``price`` split into ``n`` whole parts that add up to it, larger parts first."""
+    if n < 1:
+        raise ValueError("an interval sale has at least one interval")
+    base, extra = divmod(price, n)
+    return [base + (1 if j < extra else 0) for j in range(n)]
+
+
+def interval_fees(price: int, n: int, bps: int) -> list[int]:
+    """The fee of each interval: cumulative rounding, so they add up to ``fee(price, bps)``."""
+    fees, paid, charged = [], 0, 0
+    for part in interval_prices(price, n):
+        paid += part
+        total = fee(paid, bps)
+        fees.append(total - charged)
+        charged = total
+    return fees
 
 
 def format_minor(amount: int) -> str:

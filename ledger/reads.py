@@ -83,6 +83,7 @@ def answer(state: State, env: Envelope, keys: SystemKeys, catalog: Catalog, now_
         out.pop("sealed_key")  # the escrow blob stays inside the ledger
         if env.sender != sale.consumer:
             out.pop("consumer_sealed_key")
+            out.pop("interval_sealed_keys")
         consumer = state.users[sale.consumer]
         out["consumer_cert_pem"] = consumer.cert_pem
         out["consumer_sign_key"] = consumer.sign_key
@@ -94,6 +95,7 @@ def answer(state: State, env: Envelope, keys: SystemKeys, catalog: Catalog, now_
             s.pop("sealed_key")
             if s["consumer"] != query.account:
                 s.pop("consumer_sealed_key")
+                s.pop("interval_sealed_keys")
         mine.sort(key=lambda s: s["opened_seq"])
         return {"account": query.account, "sales": mine[-query.limit:], "seq": state.seq}
     if isinstance(query, q.UserInfo):

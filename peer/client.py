@@ -168,10 +168,12 @@ class Client:
 
     # -- buying ------------------------------------------------------------------------------------
     def buy(self, doc_id: str, dest: Path, *, progress: Callable[[int, int], None] | None = None,
-            on_step: Callable[[str], None] | None = None, io_timeout: float = 60.0) -> BuyResult:
+            on_step: Callable[[str], None] | None = None, io_timeout: float = 60.0,
+            control: Any = None) -> BuyResult:
         """Open the sale (hold), download from the provider, settle, receive the key, decrypt and verify.
 
         An interrupted purchase resumes: the same sale, from the first segment not yet stored.
+        ``control`` (a :class:`peer.transfer.TransferControl`) pauses, resumes, cancels or throttles it.
         """
         from peer.transfer import decrypt_file, download
 
@@ -201,7 +203,7 @@ class Client:
             min_seq=self.last_seq, provider_login=doc["provider"], provider_cert_pem=doc["provider_cert_pem"].encode(),
             provider_public_key=bytes.fromhex(doc["provider_sign_key"]), size=doc["size"],
             segment_size=doc["segment_size"], merkle_root_hex=doc["merkle_root"], dest_dir=work, progress=progress,
-            io_timeout=io_timeout,
+            io_timeout=io_timeout, control=control,
         )
         resumed = f", resumed at segment {result.resumed_from}" if result.resumed_from else ""
         step(f"all {result.segment_count} encrypted segments received and checked against the signed manifest"

@@ -63,7 +63,8 @@ def test_publish_records_the_document_for_its_provider(market: Book) -> None:
 
 def test_opening_a_sale_holds_the_price_and_fixes_the_fee(market: Book) -> None:
     decision = market.open_sale("bob", "s-1", "doc-1")
-    assert decision.result == {"sale_id": "s-1", "price": 1000, "fee": 10, "deadline_ms": market.now_ms + 60_000}
+    assert decision.result == {"sale_id": "s-1", "price": 1000, "fee": 10, "deadline_ms": market.now_ms + 60_000,
+                               "intervals": 1}
     assert (market.state.balance("bob"), market.state.holds("bob")) == (4000, 1000)
     market.submit(c.SetFee(bps=500), c.OPERATOR)
     key = market.escrow("s-1")
@@ -173,7 +174,7 @@ def test_the_penalty_never_exceeds_what_the_consumer_has(market: Book) -> None:
 
 def test_an_open_sale_cannot_be_disputed(market: Book) -> None:
     open_and_escrow(market)
-    refused(market, market.evidence("s-1", 0, cheat=True), "bob", "sale_closed", "only a settled sale")
+    refused(market, market.evidence("s-1", 0, cheat=True), "bob", "sale_closed", "only what was paid for can be disputed")
 
 
 def test_dispute_evidence_must_name_its_segment(market: Book) -> None:

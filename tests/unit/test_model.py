@@ -107,7 +107,7 @@ def _settled(with_sale: State) -> State:
 
 def test_a_won_dispute_refunds_the_consumer_and_strikes_the_provider(with_sale: State) -> None:
     state = run(_settled(with_sale), ev.DisputeResolved(sale_id="s-1", index=1, provider_cheated=True,
-                                                        reason="bad segment", refund=1000, penalty=0))
+                                                        reason="bad segment", refund=1000, penalty=0, fee_returned=10))
     assert state.balance("bob") == 5000
     assert state.balance("alice") == 0
     assert state.balance("owner") == 0
@@ -123,7 +123,7 @@ def test_a_clawback_may_leave_a_struck_provider_owing(with_sale: State) -> None:
                 ev.SaleOpened(sale_id="s-2", doc_id="doc-2", consumer="alice", provider="bob", price=990, fee=10,
                               deadline_ms=AT + 60_000),
                 ev.DisputeResolved(sale_id="s-1", index=0, provider_cheated=True, reason="bad", refund=1000,
-                                   penalty=0))
+                                   penalty=0, fee_returned=10))
     assert state.balance("alice") == -990
     assert invariant_violations(state) == []
 
