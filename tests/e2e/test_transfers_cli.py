@@ -31,7 +31,7 @@ TRANSFERS = _transfers_command()
 
 
 def _transfers(cluster: Cluster, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(TRANSFERS + list(args), env={**cluster.env, **env}, capture_output=True, text=True,
+    return subprocess.run(TRANSFERS + list(args), check=False, env={**cluster.env, **env}, capture_output=True, text=True,
                           timeout=60)
 
 
