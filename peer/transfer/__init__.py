@@ -7,7 +7,7 @@ and, once the ledger releases the key, :func:`decrypt_file`. Content crypto
 
 from peer.transfer.consumer import DownloadResult, Evidence, download, load_download
 from peer.transfer.control import TransferControl
-from peer.transfer.decrypt import decrypt_file
+from peer.transfer.decrypt import check_interval, decrypt_file
 from peer.transfer.errors import (
     AuthenticationFailed,
     ConnectionLost,
@@ -49,6 +49,7 @@ __all__ = [
     "UploadStatus",
     "WrongKey",
     "certificate_login",
+    "check_interval",
     "certificate_public_key",
     "decrypt_file",
     "download",

@@ -29,6 +29,7 @@ from peer.transfer.errors import (
     ManifestInvalid,
     ProtocolError,
     TransferCancelled,
+    TransferRefused,
 )
 from peer.transfer.journal import DownloadStore, slot_size
 from peer.transfer.receiver import Receiver
@@ -70,6 +71,15 @@ class DownloadResult:
     bytes_received: int = 0
     elapsed: float = 0.0
 
+    @property
+    def stored(self) -> int:
+        """Segments ``0..stored-1`` are verified and on disk (all of them once complete)."""
+        return len(self.entries)
+
+    @property
+    def complete(self) -> bool:
+        return self.stored == self.segment_count
+
     def ct_offset(self, index: int) -> int:
         """Offset of ciphertext segment ``index`` in :attr:`ct_path` (block-aligned slots)."""
         return index * slot_size(self.segment_size)
@@ -85,8 +95,8 @@ class DownloadResult:
 
     def evidence_for(self, index: int) -> Evidence:
         """Signed header, signed entry and ciphertext of segment ``index`` for a dispute."""
-        if not 0 <= index < self.segment_count:
-            raise IndexError(f"segment {index} out of range 0..{self.segment_count - 1}")
+        if not 0 <= index < self.stored:
+            raise IndexError(f"segment {index} is not stored (have 0..{self.stored - 1})")
         return Evidence(self.header, self.entries[index], self.read_ciphertext(index))
 
     def discard(self) -> None:
@@ -119,6 +129,7 @@ def download(
     connect_timeout: float = 10.0,
     io_timeout: float = 60.0,
     commit_bytes: int = _COMMIT_BYTES,
+    until: int | None = None,
 ) -> DownloadResult:
     """Download (or resume) the ciphertext of ``sale_id`` from its provider into ``dest_dir``.
 
@@ -126,6 +137,8 @@ def download(
     interruption resumes at the first segment not yet verified and durable. Raises
     a :class:`TransferError` subclass; verified segments stay stored either way.
     ``bulk_tls`` keeps the segment stream inside TLS (slower, hides ciphertext).
+    ``until`` stops after segment ``until - 1`` (one interval of a split sale); the
+    result then holds segments ``0..until-1`` and a later call continues from there.
     """
     control = control or TransferControl()
     if rate_limit_bps is not None:
@@ -140,24 +153,27 @@ def download(
         if store.complete and store.header is not None:
             expected.check_header(store.header)
             return _result(store, count, resumed_from=count, received=0, nbytes=0, began=began)
+        end = count if until is None else max(0, min(until, count))
         start = store.recover(count)
-        if start == count and store.header is not None:
-            # Everything was durable already (crash before the completion mark).
+        if start >= end and store.header is not None:
+            # Everything asked for was durable already (e.g. a crash before the completion mark).
             expected.check_header(store.header)
-            store.mark_complete(count)
+            if end == count:
+                store.mark_complete(count)
             return _result(store, count, resumed_from=start, received=0, nbytes=0, began=began,
-                           rechecked=store.rechecked)
-        session = Receiver(store, expected, control, progress, commit_bytes)
+                           rechecked=store.rechecked, stored=end)
+        session = Receiver(store, expected, control, progress, commit_bytes, until=end)
         with _connect(host, port, control, connect_timeout) as socks:
             stream, seal = _open(socks, identity_key, cert_pem, provider_cert_pem, expected, store, start,
-                                 min_seq, bulk_tls, io_timeout)
+                                 min_seq, bulk_tls, io_timeout, end)
             session.seal = seal
             session.run(stream, start)
-        store.mark_complete(count)
+        if end == count:
+            store.mark_complete(count)
         if progress is not None:
-            progress(size, size)
+            progress(min(size, end * segment_size), size)
         return _result(store, count, resumed_from=start, received=session.received, nbytes=session.nbytes,
-                       began=began, rechecked=store.rechecked)
+                       began=began, rechecked=store.rechecked, stored=end)
     finally:
         store.close()
 
@@ -176,10 +192,11 @@ def load_download(dest_dir: Path, sale_id: str) -> DownloadResult:
 
 def _result(
     store: DownloadStore, count: int, *, resumed_from: int, received: int, nbytes: int, began: float,
-    rechecked: int = 0,
+    rechecked: int = 0, stored: int | None = None,
 ) -> DownloadResult:
     assert store.header is not None
-    missing = [i for i in range(count) if i not in store.entries]
+    stored = count if stored is None else stored
+    missing = [i for i in range(stored) if i not in store.entries]
     if missing:
         raise JournalError(f"journal lacks manifest entries for segments {missing[:5]}")
     return DownloadResult(
@@ -190,7 +207,7 @@ def _result(
         segment_size=store.segment_size,
         segment_count=count,
         header=store.header,
-        entries=tuple(store.entries[i] for i in range(count)),
+        entries=tuple(store.entries[i] for i in range(stored)),
         resumed_from=resumed_from,
         segments_received=received,
         segments_rechecked=rechecked,
@@ -285,6 +302,7 @@ def _open(
     min_seq: int,
     bulk_tls: bool,
     io_timeout: float,
+    until: int,
 ) -> tuple[socket.socket, protocol.FrameSeal | None]:
     """Hello, mutual TLS, request and manifest header; returns the bulk stream and its frame seal."""
     sock = socks.items[0]
@@ -303,7 +321,7 @@ def _open(
         ) from exc
     check_peer(tls, expected.provider_public_key, f"provider {expected.provider}")
     try:
-        protocol.send_message(tls, {"type": "request", "start": start, "bulk_tls": bulk_tls})
+        protocol.send_message(tls, {"type": "request", "start": start, "until": until, "bulk_tls": bulk_tls})
         message = protocol.read_message(tls)
     except (ConnectionLost, ssl.SSLError, OSError) as exc:
         if socks.control.cancelled:
@@ -315,7 +333,7 @@ def _open(
             raise AuthenticationFailed(f"provider rejected our certificate: {cause.reason or cause}") from exc
         raise
     if message.get("type") == "error":
-        raise ProtocolError(f"provider error: {message.get('reason')}")
+        raise TransferRefused(f"provider refused: {message.get('reason')}")
     if message.get("type") != "header" or not isinstance(message.get("header"), dict):
         raise ProtocolError("expected the manifest header")
     try:

@@ -58,6 +58,8 @@ class SaleGrant:
     key: bytes
     key_commitment: str
     commitment: FileCommitment
+    interval_segments: int = 0  # a split sale: each interval under its own key
+    limit: int | None = None  # serve no segment at or beyond this one (unpaid intervals)
 
 
 @dataclass(frozen=True)
@@ -276,7 +278,13 @@ class ProviderServer:
             check_peer(tls, grant.consumer_public_key, f"consumer of sale {sale_id}")
             upload.update(state="sending")
             request = protocol.read_message(tls)
-            start, bulk_tls = self._check_request(request, grant)
+            try:
+                start, until, bulk_tls = self._check_request(request, grant)
+            except (TransferRefused, ProtocolError) as exc:
+                # Say why before hanging up, so the consumer reports the reason rather than a lost connection.
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    protocol.send_message(tls, {"type": "error", "reason": str(exc)})
+                raise
             upload.update(start_index=start)
             header = ManifestHeader(
                 sale_id=sale_id,
@@ -306,7 +314,7 @@ class ProviderServer:
             stream.settimeout(self._io_timeout)
         else:
             protocol.use_kernel_timeouts(stream, self._io_timeout)
-        self._stream_segments(stream, grant, start, upload, seal)
+        self._stream_segments(stream, grant, start, upload, seal, until)
         _finish(stream)
 
     def _check_grant(self, grant: SaleGrant, sale_id: str) -> None:
@@ -324,13 +332,19 @@ class ProviderServer:
         if actual != c.size:
             raise TransferRefused("provider's copy of the document changed since it was published")
 
-    def _check_request(self, request: dict[str, object], grant: SaleGrant) -> tuple[int, bool]:
+    def _check_request(self, request: dict[str, object], grant: SaleGrant) -> tuple[int, int, bool]:
         if request.get("type") != "request":
             raise ProtocolError("expected a request message")
-        start = request.get("start")
-        if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start <= grant.commitment.segment_count:
+        count = grant.commitment.segment_count
+        start, until = request.get("start"), request.get("until", count)
+        if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start <= count:
             raise ProtocolError(f"requested start segment {start!r} is out of range")
-        return start, bool(request.get("bulk_tls", False))
+        if not isinstance(until, int) or isinstance(until, bool) or not start <= until <= count:
+            raise ProtocolError(f"requested end segment {until!r} is out of range")
+        if grant.limit is not None and until > grant.limit:
+            raise TransferRefused(f"segments from {grant.limit} on belong to an interval not paid for yet; "
+                                  f"settle the interval before it first")
+        return start, until, bool(request.get("bulk_tls", False))
 
     def _tree(self, commitment: FileCommitment) -> MerkleTree:
         with self._lock:
@@ -347,14 +361,15 @@ class ProviderServer:
         return SegmentSource(grant, self._key, self._tree(grant.commitment))
 
     def _stream_segments(self, sock: socket.socket, grant: SaleGrant, start: int, upload: _Upload,
-                         seal: protocol.FrameSeal | None = None) -> None:
+                         seal: protocol.FrameSeal | None = None, until: int | None = None) -> None:
         """Send segments ``start..`` while a reader thread prepares the next ones."""
         control, shared = upload.control, self.rate
         use_sendmsg = not isinstance(sock, ssl.SSLSocket)
         sent_bytes = sent_segments = 0
         source = self._open_source(grant)
         try:
-            for _index, head, ct in source.frames(start, _PIPELINE_DEPTH):
+            end = source.count if until is None else until
+            for _index, head, ct in source.frames(start, _PIPELINE_DEPTH, end):
                 control.check()
                 if seal is not None:
                     head = seal.seal(head)
@@ -373,7 +388,7 @@ class ProviderServer:
                 sent_bytes += len(head) + len(ct)
                 sent_segments += 1
                 upload.update(bytes_sent=sent_bytes, segments_sent=sent_segments)
-            sock.sendall(protocol.pack_frame(protocol.MAGIC_END, source.count, 0, 0))
+            sock.sendall(protocol.pack_frame(protocol.MAGIC_END, end, 0, 0))
         except ssl.SSLError as exc:
             raise ConnectionLost(f"TLS failed while sending: {exc}") from exc
         finally:

@@ -57,9 +57,11 @@ class Receiver:
         control: TransferControl,
         progress: Callable[[int, int], None] | None,
         commit_bytes: int,
+        until: int | None = None,
     ) -> None:
         self.store = store
         self.expected = expected
+        self.until = expected.segment_count if until is None else until
         self.control = control
         self.progress = progress
         self.commit_segments = max(1, commit_bytes // max(1, expected.segment_size))
@@ -106,7 +108,7 @@ class Receiver:
     def _receive(
         self, stream: socket.socket, start: int, free: queue.Queue[mmap.mmap], out: queue.Queue[_Item | None]
     ) -> None:
-        count, seg, size = self.expected.segment_count, self.expected.segment_size, self.expected.size
+        count, seg, size = self.until, self.expected.segment_size, self.expected.size
         head = bytearray(protocol.FRAME.size)
         index = start
         while True:

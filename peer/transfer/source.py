@@ -30,7 +30,7 @@ class SegmentSource:
         self._grant = grant
         self._key = identity_key
         self._tree = tree
-        self._cipher = SegmentCipher(grant.key, grant.sale_id)
+        self._cipher = SegmentCipher(grant.key, grant.sale_id, grant.interval_segments)
         self._seg = grant.segment_size
         self._size = grant.commitment.size
         self.count = grant.commitment.segment_count
@@ -69,7 +69,7 @@ class SegmentSource:
         head = protocol.pack_frame(protocol.MAGIC_SEGMENT, index, len(signed.body), ct_len)
         return index, head + signed.body + signed.signature, ct
 
-    def frames(self, start: int, depth: int) -> Iterator[Frame]:
+    def frames(self, start: int, depth: int, until: int | None = None) -> Iterator[Frame]:
         """Frames ``start..count-1``; with ``depth`` > 1 a thread prepares ahead.
 
         A yielded frame's buffers are reused once the next frame is requested,
@@ -77,16 +77,17 @@ class SegmentSource:
         """
         if depth <= 1:
             bufs = self.buffers()
-            for index in range(start, self.count):
+            for index in range(start, self.count if until is None else until):
                 yield self.prepare(index, bufs)
             return
-        yield from _Prefetch(self, start, depth)
+        yield from _Prefetch(self, start, depth, self.count if until is None else until)
 
 
 class _Prefetch:
     """Background preparation, ``depth`` frames ahead, stopping when abandoned."""
 
-    def __init__(self, source: SegmentSource, start: int, depth: int) -> None:
+    def __init__(self, source: SegmentSource, start: int, depth: int, until: int) -> None:
+        self._until = until
         self._source = source
         self._free: queue.Queue[tuple[bytearray, bytearray]] = queue.Queue()
         for _ in range(depth):
@@ -116,7 +117,7 @@ class _Prefetch:
 
     def _run(self, start: int) -> None:
         try:
-            for index in range(start, self._source.count):
+            for index in range(start, self._until):
                 bufs = self._take()
                 if bufs is None:
                     return

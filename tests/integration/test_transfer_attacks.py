@@ -141,8 +141,8 @@ class _TamperedSource:
         self._tamper = tamper
         self.count = inner.count
 
-    def frames(self, start: int, depth: int) -> Iterator[Frame]:
-        for frame in self._inner.frames(start, 1):
+    def frames(self, start: int, depth: int, until: int | None = None) -> Iterator[Frame]:
+        for frame in self._inner.frames(start, 1, until):
             yield from self._tamper(self._inner, frame)
 
     def close(self) -> None:
