@@ -169,9 +169,33 @@ def cmd_search(args: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
+def _buy_data(result: Any) -> dict[str, Any]:
+    return {"doc_id": result.doc_id, "sale_id": result.sale_id, "path": str(result.path) if result.path else None,
+            "price": result.price, "fee": result.fee, "verified": result.verified, "dispute": result.dispute,
+            "resumed_from": result.resumed_from, "segments": result.segments}
+
+
+def cmd_buy_many(args: argparse.Namespace, s: Settings) -> int:
+    """Several documents at once (or one under a shared rate limit): a progress bar each."""
+    from peer.transfers_cli import buy_many
+
+    out_dir = Path(args.out) if args.out else Path.cwd()
+    outcomes = buy_many(lambda: _client(s), args.doc_ids, out_dir, priorities=args.priority,
+                        rate_limit_bps=int(args.rate_limit * 1e6) if args.rate_limit else None, quiet=args.json)
+    rows = [{**(_buy_data(o.result) if o.result else {"doc_id": o.doc_id, "verified": False}),
+             "error": str(o.error) if o.error else None} for o in outcomes]
+    _out(args, {"purchases": rows}, lambda: [print(
+        f"{r['doc_id']}: " + (f"bought for {format_minor(r['price'])}: {r['path']}" if r.get("verified")
+                              else f"FAILED: {r['error'] or r.get('dispute')}")) for r in rows])
+    return 0 if all(r.get("verified") and not r["error"] for r in rows) else 4
+
+
 def cmd_buy(args: argparse.Namespace, s: Settings) -> int:
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
+    if len(args.doc_ids) > 1 or args.rate_limit or args.priority:
+        return cmd_buy_many(args, s)
+    args.doc_id = args.doc_ids[0]
     client = _client(s)
     doc = client.document(args.doc_id)
     out = Path(args.out) if args.out else Path.cwd() / _safe_name(doc["title"], args.doc_id)
@@ -191,9 +215,7 @@ def cmd_buy(args: argparse.Namespace, s: Settings) -> int:
             bar.update(task, completed=done, total=total)
 
         result = client.buy(args.doc_id, out, progress=progress, on_step=step, io_timeout=_io_timeout())
-    data = {"doc_id": result.doc_id, "sale_id": result.sale_id, "path": str(result.path) if result.path else None,
-            "price": result.price, "fee": result.fee, "verified": result.verified, "dispute": result.dispute,
-            "resumed_from": result.resumed_from, "segments": result.segments}
+    data = _buy_data(result)
     _out(args, data, lambda: print(
         f"bought {doc['title']} for {format_minor(result.price)}: {result.path}" if result.verified else
         f"content did not verify; dispute filed: {result.dispute}"))
@@ -393,9 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--topic")
     sp.add_argument("--max-price", type=_amount, dest="max_price")
     sp.add_argument("--limit", type=int, default=50)
-    sp = add("buy", cmd_buy, "download a document from its provider, pay, decrypt and verify it", json_flag=True)
-    sp.add_argument("doc_id")
-    sp.add_argument("--out", help="where to write the document (default: its title in the current folder)")
+    sp = add("buy", cmd_buy, "download documents from their providers, pay, decrypt and verify them",
+             json_flag=True)
+    sp.add_argument("doc_ids", nargs="+", metavar="DOC_ID")
+    sp.add_argument("--out", help="where to write the document (default: its title in the current folder; "
+                                  "a folder when buying several)")
+    sp.add_argument("--priority", type=int, nargs="+",
+                    help="one per document; 2 downloads twice as fast as 1 under --rate-limit")
+    sp.add_argument("--rate-limit", type=float, dest="rate_limit", help="MB/s for all downloads together")
     add("balance", cmd_balance, "your available and held money", json_flag=True)
     sp = add("flows", cmd_flows, "your cash-flow history", json_flag=True)
     sp.add_argument("--limit", type=int, default=100)
@@ -405,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("serve", cmd_serve, "serve your shared files to buyers over TLS")
     sp.add_argument("--listen", help="host:port (default $ACB_ENDPOINT or 127.0.0.1:7700)")
     sp.add_argument("--rate-limit", type=float, help="MB/s for all uploads together")
+    from peer import transfers_cli
+
+    transfers_cli.register(sub, add)
 
     add("init", cmd_init, "create the operator and ledger keys (once per installation)")
     sp = add("operator", lambda a, s: a.op_fn(a, s), "operator commands")

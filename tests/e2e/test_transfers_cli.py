@@ -5,7 +5,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,18 +15,7 @@ ALICE = {"ACB_USER": "alice", "ACB_PASSWORD": "alice-secret-1"}
 BOB = {"ACB_USER": "bob", "ACB_PASSWORD": "bob-secret-12"}
 
 
-def _transfers_command() -> list[str]:
-    """``acb transfers``; until peer.cli registers it, the same parser run from its own module."""
-    from peer.cli import build_parser
-
-    try:
-        build_parser().parse_args(["transfers"])
-    except SystemExit:
-        return [sys.executable, "-m", "peer.transfers_cli", "transfers"]
-    return [*ACB, "transfers"]
-
-
-TRANSFERS = _transfers_command()
+TRANSFERS = [*ACB, "transfers"]
 
 
 def _transfers(cluster: Cluster, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
