@@ -46,6 +46,7 @@ __all__ = [
     "interval_key",
     "interval_of",
     "choose_segment_size",
+    "choose_interval_segments",
     "SignatureInvalid",
     "SignedEntry",
     "SignedHeader",
@@ -72,6 +73,24 @@ __all__ = [
 SEGMENT_SIZE = 1 << 20
 LARGE_SEGMENT_SIZE = 4 << 20
 LARGE_FILE = 64 << 20
+
+
+SPLIT_THRESHOLD = 256 << 20
+INTERVAL_BYTES = 64 << 20
+
+
+def choose_interval_segments(size: int, segment_size: int, interval_bytes: int | None = None) -> int:
+    """Segments per paid interval for a new share: 0 (paid whole) below 256 MiB, else 64 MiB intervals.
+
+    ``interval_bytes`` overrides the choice (0: never split). Splitting bounds what either
+    side risks to one interval; below the threshold one payment is simpler and costs less.
+    """
+    if interval_bytes is None:
+        interval_bytes = INTERVAL_BYTES if size >= SPLIT_THRESHOLD else 0
+    if interval_bytes <= 0:
+        return 0
+    every = max(1, interval_bytes // segment_size)
+    return every if every < segment_count_for(size, segment_size) else 0
 
 
 def choose_segment_size(size: int) -> int:

@@ -96,7 +96,7 @@ def audit_balance(args: argparse.Namespace, settings: Any) -> int:
     import json
 
     from ledger.audit import replay
-    from ledger.money import format_minor
+    from broker.money import format_minor
     from ledger.store import Store
 
     store = Store(args.store, create=False)

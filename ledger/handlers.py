@@ -22,7 +22,7 @@ from broker.envelope import Envelope, verify
 from broker.sealing import SealError, escrow_info, open_sealed, release_info, seal_to
 from ledger import events as ev
 from ledger.model import OPEN, SETTLED, State
-from ledger.money import MAX_FEE_BPS, fee, interval_prices
+from broker.money import MAX_FEE_BPS, fee, interval_prices
 
 __all__ = ["Context", "Decision", "decide", "authenticate", "expire_holds", "RESERVED_LOGINS"]
 

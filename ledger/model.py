@@ -18,7 +18,7 @@ from pyrsistent import PMap, PVector, pmap, pvector
 
 from broker.codec import canonical
 from ledger import events as ev
-from ledger.money import DEFAULT_FEE_BPS
+from broker.money import DEFAULT_FEE_BPS
 
 __all__ = [
     "State", "Record", "User", "Document", "Sale", "Flow", "apply", "state_hash", "state_to_dict",

@@ -19,7 +19,7 @@ from typing import Any
 from broker import commands as c
 from broker.client import BrokerClient
 from broker.errors import BrokerError, CommandRejected
-from ledger.money import format_minor, parse_minor
+from broker.money import format_minor, parse_minor
 from peer.client import Client
 from peer.config import Settings
 from peer.errors import NotLoggedIn, PeerError
@@ -134,7 +134,8 @@ def cmd_share(args: argparse.Namespace, s: Settings) -> int:
     client = _client(s)
     endpoint = args.endpoint or os.environ.get("ACB_ENDPOINT") or "127.0.0.1:7700"
     res = client.share(Path(args.file), price=args.price, topic=args.topic, title=args.title,
-                       description=args.description, endpoint=endpoint, doc_id=args.doc_id)
+                       description=args.description, endpoint=endpoint, doc_id=args.doc_id,
+                       interval_bytes=int(args.interval_mib * (1 << 20)) if args.interval_mib is not None else None)
     _out(args, res, lambda: print(f"shared {args.file} as {res['doc_id']} at {format_minor(args.price)} "
                                   f"({res['size']} bytes, sha256 {res['sha256'][:16]}…); serve it with `acb serve`"))
     return 0
@@ -405,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--description", default="")
     sp.add_argument("--endpoint", help="host:port where `acb serve` listens (default $ACB_ENDPOINT or 127.0.0.1:7700)")
     sp.add_argument("--doc-id", dest="doc_id")
+    sp.add_argument("--interval-mib", type=float, dest="interval_mib",
+                    help="sell in intervals of this many MiB, each paid as it arrives (default: 64 from 256 MiB "
+                         "up, else whole; 0: whole)")
     sp = add("unshare", cmd_unshare, "stop offering a document")
     sp.add_argument("doc_id")
     sp = add("price", cmd_price, "change the price of a document")

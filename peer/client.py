@@ -141,9 +141,10 @@ class Client:
 
     # -- providing ---------------------------------------------------------------------------------
     def share(self, path: Path, *, price: int, topic: str, title: str, endpoint: str,
-              description: str = "", doc_id: str | None = None, segment_size: int | None = None) -> dict[str, Any]:
+              description: str = "", doc_id: str | None = None, segment_size: int | None = None,
+              interval_bytes: int | None = None) -> dict[str, Any]:
         """Commit to a file's content (size, SHA-256, Merkle root) and publish it at a price."""
-        from broker.content import choose_segment_size, describe_file
+        from broker.content import choose_interval_segments, choose_segment_size, describe_file
 
         me = self._me()
         path = path.resolve()
@@ -151,14 +152,16 @@ class Client:
             raise PeerError(f"no such file: {path}")
         commitment = describe_file(path, segment_size or choose_segment_size(path.stat().st_size))
         doc_id = doc_id or uuid.uuid4().hex[:16]
+        every = choose_interval_segments(commitment.size, commitment.segment_size, interval_bytes)
         self.send(c.PublishDocument(
             doc_id=doc_id, title=title, topic=topic, description=description, price=price, size=commitment.size,
             sha256=commitment.sha256, merkle_root=commitment.merkle_root, segment_size=commitment.segment_size,
-            endpoint=endpoint))
+            endpoint=endpoint, interval_segments=every))
         shares = Shares(Profile(self.home, me.login))
         shares.add(doc_id, path, commitment.size, commitment.sha256, commitment.merkle_root, commitment.segment_size)
         return {"doc_id": doc_id, "size": commitment.size, "sha256": commitment.sha256,
-                "merkle_root": commitment.merkle_root, "price": price}
+                "merkle_root": commitment.merkle_root, "price": price, "segment_size": commitment.segment_size,
+                "interval_segments": every}
 
     def unpublish(self, doc_id: str) -> None:
         self.send(c.Unpublish(doc_id=doc_id))
@@ -173,62 +176,131 @@ class Client:
         """Open the sale (hold), download from the provider, settle, receive the key, decrypt and verify.
 
         An interrupted purchase resumes: the same sale, from the first segment not yet stored.
-        ``control`` (a :class:`peer.transfer.TransferControl`) pauses, resumes, cancels or throttles it.
+        A split sale (a large file) is downloaded and paid interval by interval; each
+        interval is checked as soon as its key arrives, so a cheat costs at most one interval
+        before the dispute refunds it. ``control`` (a :class:`peer.transfer.TransferControl`)
+        pauses, resumes, cancels or throttles the download.
         """
-        from peer.transfer import decrypt_file, download
+        from broker.content import interval_count, segment_count_for
 
         me = self._me()
         step = on_step or (lambda _m: None)
         doc = self.document(doc_id)
         if not doc["published"]:
             raise PeerError(f"document {doc_id} is no longer published")
+        count = segment_count_for(doc["size"], doc["segment_size"])
+        n = interval_count(count, doc.get("interval_segments", 0))
         pending = Purchases(Profile(self.home, me.login))
         sale_id = pending.open_sale_for(doc_id)
+        sale: dict[str, Any] | None = None
         if sale_id is not None:
             sale = self.sale(sale_id)
             if sale["status"] != "open":
                 pending.forget(doc_id)
-                sale_id = None
+                sale_id, sale = None, None
         if sale_id is None:
+            from broker.money import format_minor, interval_prices
+
+            parts = (f" in {n} intervals ({', '.join(format_minor(p) for p in interval_prices(doc['price'], n))}),"
+                     " each paid once it has arrived" if n > 1 else "")
+            step(f"price {format_minor(doc['price'])}{parts}")
             sale_id = f"s-{uuid.uuid4().hex[:20]}"
             reply = self.send(c.OpenSale(sale_id=sale_id, doc_id=doc_id, price=doc["price"]))
             pending.remember(doc_id, sale_id)
             step(f"sale {sale_id} opened: {doc['price']} held from your balance (seq {reply.seq})")
+            sale = self.sale(sale_id)
         else:
             step(f"resuming sale {sale_id}")
-        host, port = doc["endpoint"].rsplit(":", 1)
-        work = Profile(self.home, me.login).subdir("downloads")
-        result = download(
-            host=host, port=int(port), identity_key=me.sign_key, cert_pem=me.cert_pem, sale_id=sale_id,
-            min_seq=self.last_seq, provider_login=doc["provider"], provider_cert_pem=doc["provider_cert_pem"].encode(),
-            provider_public_key=bytes.fromhex(doc["provider_sign_key"]), size=doc["size"],
-            segment_size=doc["segment_size"], merkle_root_hex=doc["merkle_root"], dest_dir=work, progress=progress,
-            io_timeout=io_timeout, control=control,
-        )
+        assert sale is not None
+        fetch = self._fetcher(doc, sale_id, progress, io_timeout, control)
+        if sale.get("intervals", 1) > 1:
+            return self._buy_split(doc, sale, dest, fetch, step, pending)
+        result = fetch(None)
         resumed = f", resumed at segment {result.resumed_from}" if result.resumed_from else ""
         step(f"all {result.segment_count} encrypted segments received and checked against the signed manifest"
              f"{resumed}")
         reply = self.send(c.SettleSale(sale_id=sale_id))
         step(f"sale settled at seq {reply.seq}: paid {reply.result['price']} "
              f"(provider {reply.result['provider_amount']}, commission {reply.result['fee']})")
+        key = self._unseal(reply.result["consumer_sealed_key"], release_info(sale_id))
+        pending.forget(doc_id)
+        return self._finish(doc, sale_id, result, dest, step, reply.result["price"], reply.result["fee"], key=key)
+
+    def _fetcher(self, doc: dict[str, Any], sale_id: str, progress: Any, io_timeout: float,
+                 control: Any) -> Callable[[int | None], Any]:
+        from peer.transfer import download
+
+        me = self._me()
+        host, port = doc["endpoint"].rsplit(":", 1)
+        work = Profile(self.home, me.login).subdir("downloads")
+
+        def fetch(until: int | None) -> Any:
+            return download(
+                host=host, port=int(port), identity_key=me.sign_key, cert_pem=me.cert_pem, sale_id=sale_id,
+                min_seq=self.last_seq, provider_login=doc["provider"],
+                provider_cert_pem=doc["provider_cert_pem"].encode(),
+                provider_public_key=bytes.fromhex(doc["provider_sign_key"]), size=doc["size"],
+                segment_size=doc["segment_size"], merkle_root_hex=doc["merkle_root"], dest_dir=work,
+                progress=progress, io_timeout=io_timeout, control=control, until=until,
+            )
+
+        return fetch
+
+    def _unseal(self, sealed_b64: str, info: bytes) -> bytes:
         try:
-            key = open_sealed(me.box_key, b64d(reply.result["consumer_sealed_key"]), release_info(sale_id))
+            return open_sealed(self._me().box_key, b64d(sealed_b64), info)
         except (SealError, ValueError) as exc:
             raise VerificationFailed(f"released key does not open: {exc}") from exc
-        pending.forget(doc_id)
+
+    def _buy_split(self, doc: dict[str, Any], sale: dict[str, Any], dest: Path, fetch: Callable[[int | None], Any],
+                   step: Callable[[str], None], pending: "Purchases") -> BuyResult:
+        from peer.transfer import ContentMismatch, check_interval
+
+        sale_id, n, every = sale["sale_id"], sale["intervals"], sale["interval_segments"]
+        keys = {j: self._unseal(blob, release_info(sale_id, j)) for j, blob in enumerate(sale["interval_sealed_keys"])}
+        paid, fees = sale["paid"], sale["fee_paid"]
+        result = None
+        for j in range(sale["settled_intervals"], n):
+            result = fetch((j + 1) * every)
+            reply = self.send(c.SettleInterval(sale_id=sale_id, interval=j))
+            keys[j] = self._unseal(reply.result["consumer_sealed_key"], release_info(sale_id, j))
+            paid, fees = paid + reply.result["price"], fees + reply.result["fee"]
+            try:
+                checked = check_interval(result, keys[j], j, every, merkle_root_hex=doc["merkle_root"])
+            except ContentMismatch as exc:
+                step(f"interval {j + 1}/{n} is not the published content ({exc}); disputing it")
+                pending.forget(doc["doc_id"])
+                dispute = self.dispute(sale_id, result, exc.index if exc.index is not None else j * every)
+                return BuyResult(doc["doc_id"], sale_id, None, paid, fees, False, dispute, result.resumed_from,
+                                 result.segment_count)
+            step(f"interval {j + 1}/{n}: {checked} segments received, paid {reply.result['price']}, "
+                 f"key released, content verified")
+        if result is None:
+            result = fetch(None)
+        pending.forget(doc["doc_id"])
+        return self._finish(doc, sale_id, result, dest, step, paid, fees, interval_keys=keys, every=every)
+
+    def _finish(self, doc: dict[str, Any], sale_id: str, result: Any, dest: Path, step: Callable[[str], None],
+                price: int, fee: int, *, key: bytes | None = None, interval_keys: dict[int, bytes] | None = None,
+                every: int = 0) -> BuyResult:
+        from peer.transfer import ContentMismatch, decrypt_file
+
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
-            decrypt_file(result, key, dest, sha256_hex=doc["sha256"], merkle_root_hex=doc["merkle_root"])
-        except Exception as exc:  # decrypt_file raises content/transfer errors carrying the bad segment
-            index = getattr(exc, "index", None)
+            decrypt_file(result, key, dest, sha256_hex=doc["sha256"], merkle_root_hex=doc["merkle_root"],
+                         interval_segments=every, interval_keys=interval_keys)
+        except ContentMismatch as exc:
+            if exc.index is None:
+                # No single segment to show for it (the whole-file hash disagrees): nothing a judge can weigh.
+                raise VerificationFailed(f"{doc['doc_id']} did not verify: {exc}") from exc
             step(f"content check failed ({exc}); filing a dispute with the evidence")
-            dispute = self.dispute(sale_id, result, index if index is not None else 0)
-            return BuyResult(doc_id, sale_id, None, reply.result["price"], reply.result["fee"], False, dispute,
-                             result.resumed_from, result.segment_count)
+            dispute = self.dispute(sale_id, result, exc.index)
+            return BuyResult(doc["doc_id"], sale_id, None, price, fee, False, dispute, result.resumed_from,
+                             result.segment_count)
         step(f"decrypted and verified against the published SHA-256 and Merkle root: {dest}")
         result.discard()
-        return BuyResult(doc_id, sale_id, dest, reply.result["price"], reply.result["fee"], True, None,
-                         result.resumed_from, result.segment_count)
+        return BuyResult(doc["doc_id"], sale_id, dest, price, fee, True, None, result.resumed_from,
+                         result.segment_count)
 
     def dispute(self, sale_id: str, result: Any, index: int) -> dict[str, Any]:
         """File the evidence for one bad segment; the ledger judges it with the escrowed key."""

@@ -303,9 +303,13 @@ class ProviderService:
             elif sale["key_commitment"] != commit:
                 raise TransferRefused(f"sale {sale_id} has another key escrowed than this machine holds")
         self._docs[sale_id] = (sale["doc_id"], commitment.segment_count)
+        every = sale.get("interval_segments", 0) if sale.get("intervals", 1) > 1 else 0
+        # A split sale gets at most the first interval not paid yet: an unpaid interval costs us one at most.
+        limit = min((sale["settled_intervals"] + 1) * every, commitment.segment_count) if every else None
         return SaleGrant(
             sale_id=sale_id, doc_id=sale["doc_id"], consumer_login=sale["consumer"],
             consumer_cert_pem=sale["consumer_cert_pem"].encode(),
             consumer_public_key=bytes.fromhex(sale["consumer_sign_key"]), path=Path(share["path"]),
             segment_size=share["segment_size"], key=key, key_commitment=commit, commitment=commitment,
+            interval_segments=every, limit=limit,
         )

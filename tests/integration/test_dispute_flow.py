@@ -111,3 +111,67 @@ def test_an_honest_provider_cannot_be_disputed_into_a_refund(deployment: Deploym
     assert verdict["provider_cheated"] is False and verdict["penalty"] == 10  # 1% of 10.00
     after = _balances(deployment, seller, buyer, "owner")
     assert after == {seller: before[seller], buyer: before[buyer] - 10, "owner": before["owner"] + 10}
+
+
+def test_a_split_sale_is_paid_interval_by_interval_end_to_end(deployment: Deployment, tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex[:6]
+    seller, buyer = f"spl{tag}", f"cus{tag}"
+    alice, bob = deployment.client(), deployment.client()
+    alice.register(seller, "seller-secret-1")
+    bob.register(buyer, "buyer-secret-1")
+    bob.send(c.Deposit(account=buyer, amount=5_000), sender=c.OPERATOR, key=deployment.operator_key())
+    doc_path = tmp_path / "big.bin"
+    doc_path.write_bytes(os.urandom(7 * 65536 + 5))
+    assert alice.identity is not None
+    service = ProviderService(alice, alice.identity)
+    port = service.start()
+    steps: list[str] = []
+    try:
+        doc = alice.share(doc_path, price=1250, topic="t", title=f"big {tag}", endpoint=f"127.0.0.1:{port}",
+                          segment_size=65536, interval_bytes=2 * 65536)
+        assert doc["interval_segments"] == 2
+        bob.last_seq = max(bob.last_seq, alice.last_seq)
+        before = _balances(deployment, seller, buyer, "owner")
+        result = bob.buy(doc["doc_id"], tmp_path / "got.bin", on_step=steps.append)
+    finally:
+        service.stop()
+    assert result.verified and (tmp_path / "got.bin").read_bytes() == doc_path.read_bytes()
+    assert steps[0] == "price 12.50 in 4 intervals (3.13, 3.13, 3.12, 3.12), each paid once it has arrived"
+    assert sum("key released, content verified" in s for s in steps) == 4
+    assert (result.price, result.fee) == (1250, 13)
+    after = _balances(deployment, seller, buyer, "owner")
+    assert after == {seller: before[seller] + 1237, buyer: before[buyer] - 1250, "owner": before["owner"] + 13}
+    assert bob.sale(result.sale_id)["status"] == "settled"
+
+
+def test_a_split_sale_with_a_cheat_in_the_second_interval_stops_there(deployment: Deployment,
+                                                                        tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex[:6]
+    seller, buyer = f"sch{tag}", f"sbu{tag}"
+    alice, bob = deployment.client(), deployment.client()
+    alice.register(seller, "seller-secret-1")
+    bob.register(buyer, "buyer-secret-1")
+    bob.send(c.Deposit(account=buyer, amount=5_000), sender=c.OPERATOR, key=deployment.operator_key())
+    published = tmp_path / "published.bin"
+    published.write_bytes(os.urandom(6 * 65536))
+    other = bytearray(published.read_bytes())
+    other[2 * 65536 + 10] ^= 0xFF  # the third segment (second interval) differs from what was published
+    swapped = tmp_path / "other.bin"
+    swapped.write_bytes(bytes(other))
+    assert alice.identity is not None
+    service = _SwappingService(alice, alice.identity)
+    service.swap_to = swapped
+    port = service.start()
+    try:
+        doc = alice.share(published, price=900, topic="t", title=f"split {tag}", endpoint=f"127.0.0.1:{port}",
+                          segment_size=65536, interval_bytes=2 * 65536)
+        bob.last_seq = max(bob.last_seq, alice.last_seq)
+        before = _balances(deployment, seller, buyer, "owner")
+        result = bob.buy(doc["doc_id"], tmp_path / "got.bin")
+    finally:
+        service.stop()
+    assert result.verified is False and result.dispute is not None
+    assert result.dispute["provider_cheated"] is True and result.dispute["refund"] == 600  # two intervals paid
+    sale = bob.sale(result.sale_id)
+    assert (sale["status"], sale["settled_intervals"]) == ("refunded", 2)  # the third was never paid
+    assert _balances(deployment, seller, buyer, "owner") == before

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from ledger.money import MAX_FEE_BPS, fee, format_minor, parse_minor, split
+from broker.money import MAX_FEE_BPS, fee, format_minor, parse_minor, split
 
 
 @pytest.mark.parametrize(
