@@ -28,8 +28,8 @@ from broker.client import BrokerClient, connect
 from broker.errors import BrokerError
 from broker.topology import Names, delete
 from ledger.keys import init_system, load_operator_key
-from ledger.money import fee as commission
-from ledger.money import format_minor
+from broker.money import fee as commission
+from broker.money import format_minor
 from peer.client import Client
 from peer.config import Settings
 

@@ -31,7 +31,7 @@ from console.gui.operator import Operator, read_dead_letters
 from console.gui.state import ConsoleState, DeadLetters, ReplicaRow
 from console.gui.worker import Runner
 from console.status import collect_status
-from ledger.money import format_minor, parse_minor
+from broker.money import format_minor, parse_minor
 from peer.config import Settings
 
 __all__ = ["ConsoleWindow"]

@@ -14,7 +14,7 @@ from typing import Any
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, Qt
 from PySide6.QtGui import QBrush, QColor
 
-from ledger.money import format_minor
+from broker.money import format_minor
 from peer.gui.state import (
     Download,
     FlowLine,

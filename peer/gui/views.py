@@ -35,7 +35,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ledger.money import format_minor, parse_minor
+from broker.money import format_minor, parse_minor
 from peer.gui.models import ITEM_ROLE, PROGRESS_ROLE, SORT_ROLE, ListTableModel
 from peer.gui.state import Hit, human_size
 

@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ledger.money import format_minor, parse_minor
+from broker.money import format_minor, parse_minor
 from peer.client import BuyResult, Purchases
 from peer.gui.models import downloads_model, flows_model, hits_model, sales_model
 from peer.gui.session import Session
