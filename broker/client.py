@@ -88,7 +88,7 @@ class BrokerClient:
             except pika.exceptions.AMQPError:
                 pass
 
-    def __enter__(self) -> "BrokerClient":
+    def __enter__(self) -> BrokerClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -71,17 +71,19 @@ def seal(
     issued_at: int | None = None,
 ) -> Envelope:
     """Build and sign an envelope (unsigned when ``key`` is None, for public queries)."""
-    body = {
-        "id": id or new_id(),
+    ident = id or new_id()
+    at = now_ms() if issued_at is None else issued_at
+    body: dict[str, Any] = {
+        "id": ident,
         "sender": sender,
-        "issued_at": now_ms() if issued_at is None else issued_at,
+        "issued_at": at,
         "kind": kind,
         "payload": payload.model_dump(mode="json"),
         "min_seq": min_seq,
     }
     signature = key.sign(canonical(body)) if key is not None else None
     return Envelope(
-        id=body["id"], sender=sender, issued_at=body["issued_at"], kind=kind,
+        id=ident, sender=sender, issued_at=at, kind=kind,
         payload=payload, min_seq=min_seq, body=body, signature=signature,  # type: ignore[arg-type]
     )
 
@@ -133,7 +135,8 @@ def _check_type_and_version(payload: dict[str, Any], adapter: Any) -> None:
         raise errors.UnknownType(f"unknown message type {kind!r}")
     version = payload.get("schema_version", 1)
     if version not in _SUPPORTED_VERSIONS:
-        raise errors.UnsupportedVersion(f"{kind} schema_version {version!r} is not supported (know {sorted(_SUPPORTED_VERSIONS)})")
+        raise errors.UnsupportedVersion(
+            f"{kind} schema_version {version!r} is not supported (know {sorted(_SUPPORTED_VERSIONS)})")
 
 
 def _known_types(adapter: Any) -> frozenset[str]:

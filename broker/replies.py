@@ -27,14 +27,14 @@ class Reply(BaseModel):
     def to_bytes(self) -> bytes:
         return canonical(self.model_dump(mode="json"))
 
-    def unwrap(self) -> "Reply":
+    def unwrap(self) -> Reply:
         """Return self when ok, else raise the registered rejection."""
         if not self.ok:
             raise errors.rejection(self.error or {})
         return self
 
     @classmethod
-    def failure(cls, id: str, exc: errors.CommandRejected, served_by: str | None = None) -> "Reply":
+    def failure(cls, id: str, exc: errors.CommandRejected, served_by: str | None = None) -> Reply:
         return cls(id=id, ok=False, error=exc.as_dict(), served_by=served_by)
 
 

@@ -59,7 +59,7 @@ class NetnsLink:
         return f"vh{self.ns[-10:]}"
 
     @classmethod
-    def create(cls, ns: str, index: int, upstream: tuple[str, int] = ("127.0.0.1", 5672)) -> "NetnsLink":
+    def create(cls, ns: str, index: int, upstream: tuple[str, int] = ("127.0.0.1", 5672)) -> NetnsLink:
         link = cls(ns, f"10.231.{index}.1", f"10.231.{index}.2", upstream)
         peer_if = f"vn{ns[-10:]}"
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)

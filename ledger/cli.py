@@ -12,7 +12,6 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from ledger.errors import StoreError
-
 from ledger.keys import load_system
 from ledger.replica import Replica, ReplicaConfig
 from ledger.store import default_store_url
@@ -95,8 +94,8 @@ def audit_balance(args: argparse.Namespace, settings: Any) -> int:
     """``acb audit balance USER --at SEQ --store URL``: a balance as it was after event SEQ."""
     import json
 
-    from ledger.audit import replay
     from broker.money import format_minor
+    from ledger.audit import replay
     from ledger.store import Store
 
     store = Store(args.store, create=False)

@@ -6,7 +6,8 @@ stored row shape (see :mod:`ledger.store`) never changes for a new event shape.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable, Literal, Union
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 

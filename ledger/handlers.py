@@ -19,10 +19,10 @@ from broker import commands as c
 from broker import content, errors
 from broker.codec import b64d, b64e
 from broker.envelope import Envelope, verify
+from broker.money import MAX_FEE_BPS, fee, interval_prices
 from broker.sealing import SealError, escrow_info, open_sealed, release_info, seal_to
 from ledger import events as ev
 from ledger.model import OPEN, SETTLED, State
-from broker.money import MAX_FEE_BPS, fee, interval_prices
 
 __all__ = ["Context", "Decision", "decide", "authenticate", "expire_holds", "RESERVED_LOGINS"]
 

@@ -68,9 +68,9 @@ def fold_entry(state: State, entry: LogEntry) -> tuple[Outcome, State, list[Row]
         return Outcome(IGNORED, f"unparseable event: {exc}"), state, []
     if not events:
         return Outcome(IGNORED, "empty entry"), state, []
-    announce = isinstance(events[0], EpochStarted)
-    if announce:
-        if len(events) != 1 or events[0].epoch != entry.epoch or events[0].replica != entry.writer:
+    first = events[0]
+    if isinstance(first, EpochStarted):
+        if len(events) != 1 or first.epoch != entry.epoch or first.replica != entry.writer:
             return Outcome(IGNORED, "malformed epoch announcement"), state, []
         if entry.epoch <= state.epoch:
             return Outcome(IGNORED, f"epoch {entry.epoch} is not above {state.epoch}"), state, []
@@ -85,8 +85,8 @@ def fold_entry(state: State, entry: LogEntry) -> tuple[Outcome, State, list[Row]
                                  f"{entry.prev_hash[:12]}, this replica is at {state.seq} "
                                  f"{state.head_hash[:12]}: the logs diverge"), state, []
     rows: list[Row] = []
-    first = state.seq + 1
-    for i, (raw, event) in enumerate(zip(entry.events, events)):
+    first_seq = state.seq + 1
+    for i, event in enumerate(events):
         last = i == len(events) - 1
         reply = entry.reply if last else None
         command_id = entry.command_id
@@ -97,7 +97,7 @@ def fold_entry(state: State, entry: LogEntry) -> tuple[Outcome, State, list[Row]
         rows.append(Row(seq, entry.epoch, entry.at_ms, command_id, event.type, event.schema_version, payload,
                         reply, state.head_hash, digest))
         state = apply(state, Record(seq, entry.epoch, entry.at_ms, event, digest, command_id, reply))
-    return Outcome(ACCEPTED, first_seq=first, last_seq=state.seq), state, rows
+    return Outcome(ACCEPTED, first_seq=first_seq, last_seq=state.seq), state, rows
 
 
 def replay_row(state: State, row: Row) -> State:

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from functools import singledispatch
 from typing import Any
 
-from pyrsistent import PMap, PVector, pmap, pvector
+from pyrsistent import PMap, pmap, pvector
 
 from broker.codec import canonical
-from ledger import events as ev
 from broker.money import DEFAULT_FEE_BPS
+from ledger import events as ev
 
 __all__ = [
     "State", "Record", "User", "Document", "Sale", "Flow", "apply", "state_hash", "state_to_dict",
@@ -203,7 +203,8 @@ def _(e: ev.DocumentPublished, state: State, rec: Record) -> State:
 @_mutate.register
 def _(e: ev.DocumentUnpublished, state: State, rec: Record) -> State:
     doc = state.documents[e.doc_id]
-    return dataclasses.replace(state, documents=state.documents.set(e.doc_id, dataclasses.replace(doc, published=False)))
+    gone = dataclasses.replace(doc, published=False)
+    return dataclasses.replace(state, documents=state.documents.set(e.doc_id, gone))
 
 
 @_mutate.register
@@ -216,9 +217,11 @@ def _(e: ev.PriceChanged, state: State, rec: Record) -> State:
 def _(e: ev.SaleOpened, state: State, rec: Record) -> State:
     sale = Sale(e.sale_id, e.doc_id, e.consumer, e.provider, e.price, e.fee, e.deadline_ms, OPEN, rec.seq,
                 fee_bps=e.fee_bps, intervals=e.intervals, interval_segments=e.interval_segments)
-    state = _move(state, (e.consumer, -e.price, Flow(rec.seq, rec.at_ms, "hold", -e.price, e.provider, e.doc_id, e.sale_id)))
+    hold = Flow(rec.seq, rec.at_ms, "hold", -e.price, e.provider, e.doc_id, e.sale_id)
+    state = _move(state, (e.consumer, -e.price, hold))
     return dataclasses.replace(
-        state, sales=state.sales.set(e.sale_id, sale), held=state.held.set(e.consumer, state.holds(e.consumer) + e.price)
+        state, sales=state.sales.set(e.sale_id, sale),
+        held=state.held.set(e.consumer, state.holds(e.consumer) + e.price),
     )
 
 

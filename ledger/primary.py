@@ -178,19 +178,19 @@ class CommandProcessor:
         tentative = state
         entries: list[LogEntry] = []
         replies: list[tuple[Any, Reply, LogEntry | None]] = []
-        for method, props, body in batch:
+        for _method, props, body in batch:
             if props.type == TICK:
                 events = expire_holds(tentative, ctx.now_ms)
                 if events:
-                    entry = self._entry(tentative, self.epoch, events, None, None)
-                    tentative = fold_entry(tentative, entry)[1]
-                    entries.append(entry)
+                    expiry = self._entry(tentative, self.epoch, events, None, None)
+                    tentative = fold_entry(tentative, expiry)[1]
+                    entries.append(expiry)
                 continue
-            reply, entry, tentative = self._decide(tentative, props, body, ctx, ch)
-            if entry is not None:
-                entries.append(entry)
+            reply, made, tentative = self._decide(tentative, props, body, ctx, ch)
+            if made is not None:
+                entries.append(made)
             if reply is not None:
-                replies.append((props, reply, entry))
+                replies.append((props, reply, made))
         if entries:
             outcomes = self._write(log_ch, entries)
             lost = [e for e in entries if (outcomes.get(e.entry_id) is None
@@ -201,9 +201,9 @@ class CommandProcessor:
             final = {e.entry_id: outcomes[e.entry_id] for e in entries}
         else:
             final = {}
-        for props, reply, entry in replies:
-            if entry is not None:
-                reply = reply.model_copy(update={"seq": final[entry.entry_id].last_seq})
+        for props, reply, made in replies:
+            if made is not None:
+                reply = reply.model_copy(update={"seq": final[made.entry_id].last_seq})
             self._reply(ch, props, reply)
         ch.basic_ack(batch[-1][0].delivery_tag, multiple=True)
         self.commands_handled += len(replies)

@@ -117,7 +117,8 @@ class Replica:
         role = "halted" if self.follower.halted else ("primary" if self.commands.is_primary else "backup")
         return {
             "type": "replica_status", "replica": self.config.replica_id, "role": role, "epoch": st.epoch,
-            "primary": st.primary, "seq": st.seq, "head_hash": st.head_hash, "applied_events": self.follower.applied_events,
+            "primary": st.primary, "seq": st.seq, "head_hash": st.head_hash,
+            "applied_events": self.follower.applied_events,
             "commands_handled": self.commands.commands_handled, "reads_served": self.reads.served,
             "store": self.store.safe_url, "host": socket.gethostname(), "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self._started, 1), "halted": self.follower.halted,
@@ -142,7 +143,8 @@ class Replica:
                     if now - last_status >= self.config.status_interval:
                         status = self.status()
                         handled, then = last_counts
-                        status["commands_per_s"] = round((status["commands_handled"] - handled) / max(now - then, 1e-3), 1)
+                        rate = (status["commands_handled"] - handled) / max(now - then, 1e-3)
+                        status["commands_per_s"] = round(rate, 1)
                         last_counts = (status["commands_handled"], now)
                         ch.basic_publish(self.config.names.status, "", json.dumps(status).encode())
                         last_status = now

@@ -212,7 +212,8 @@ def _upsert_meta(conn: sa.Connection, key: str, value: str) -> None:
 def _to_db(r: Row) -> dict[str, Any]:
     return {
         "seq": r.seq, "epoch": r.epoch, "at_ms": r.at_ms, "command_id": r.command_id, "type": r.type,
-        "version": r.version, "payload": canonical(r.payload), "reply": canonical(r.reply) if r.reply is not None else None,
+        "version": r.version, "payload": canonical(r.payload),
+        "reply": canonical(r.reply) if r.reply is not None else None,
         "prev_hash": r.prev_hash, "hash": r.hash,
     }
 

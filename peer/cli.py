@@ -104,7 +104,8 @@ def cmd_register(args: argparse.Namespace, s: Settings) -> int:
     client = _client(s, need_login=False)
     client.register(args.login, _password(f"password for {args.login}: ", confirm=True))
     _out(args, {"login": args.login, "seq": client.last_seq},
-         lambda: print(f"registered {args.login}; keys kept in {Profile(s.home, args.login).dir} and you are logged in"))
+         lambda: print(f"registered {args.login}; keys kept in {Profile(s.home, args.login).dir} "
+                       "and you are logged in"))
     return 0
 
 
@@ -330,7 +331,8 @@ def cmd_operator_balance(args: argparse.Namespace, s: Settings) -> int:
 
     client, key = _operator_client(s)
     b = client.ask(q.Balance(account=args.account), sender=c.OPERATOR, key=key)
-    _out(args, b, lambda: print(f"{b['account']}: available {format_minor(b['available'])}, held {format_minor(b['held'])}"))
+    _out(args, b, lambda: print(f"{b['account']}: available {format_minor(b['available'])}, "
+                                f"held {format_minor(b['held'])}"))
     return 0
 
 
@@ -391,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--json", action="store_true", help="print one JSON object")
         return sp
 
-    sp = add("register", cmd_register, "create an account (keys are made here; the password never leaves)", json_flag=True)
+    sp = add("register", cmd_register, "create an account (keys are made here; the password never leaves)",
+             json_flag=True)
     sp.add_argument("login")
     sp = add("login", cmd_login, "unlock your keys and prove them to the ledger", json_flag=True)
     sp.add_argument("login")

@@ -253,7 +253,7 @@ class Client:
             raise VerificationFailed(f"released key does not open: {exc}") from exc
 
     def _buy_split(self, doc: dict[str, Any], sale: dict[str, Any], dest: Path, fetch: Callable[[int | None], Any],
-                   step: Callable[[str], None], pending: "Purchases") -> BuyResult:
+                   step: Callable[[str], None], pending: Purchases) -> BuyResult:
         from peer.transfer import ContentMismatch, check_interval
 
         sale_id, n, every = sale["sale_id"], sale["intervals"], sale["interval_segments"]

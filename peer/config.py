@@ -18,7 +18,7 @@ class Settings:
     names: Names
 
     @classmethod
-    def from_env(cls) -> "Settings":
+    def from_env(cls) -> Settings:
         """``ACB_HOME`` (default ~/.acb), ``ACB_BROKER_URL``, ``ACB_PREFIX`` (default acb)."""
         home = Path(os.environ.get("ACB_HOME") or Path.home() / ".acb")
         return cls(home, os.environ.get("ACB_BROKER_URL") or DEFAULT_URL, Names(os.environ.get("ACB_PREFIX") or "acb"))

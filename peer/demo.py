@@ -26,10 +26,10 @@ from broker import commands as c
 from broker import queries as q
 from broker.client import BrokerClient, connect
 from broker.errors import BrokerError
-from broker.topology import Names, delete
-from ledger.keys import init_system, load_operator_key
 from broker.money import fee as commission
 from broker.money import format_minor
+from broker.topology import Names, delete
+from ledger.keys import init_system, load_operator_key
 from peer.client import Client
 from peer.config import Settings
 

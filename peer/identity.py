@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from broker.codec import b64d, b64e
-from peer.errors import WrongPassword, PeerError
+from peer.errors import PeerError, WrongPassword
 from peer.transfer.tls import make_certificate
 
 __all__ = ["Identity", "create_identity", "seal_keystore", "open_keystore", "Profile"]
@@ -54,7 +54,7 @@ class Identity:
         }).encode()
 
     @classmethod
-    def from_secrets_json(cls, data: bytes) -> "Identity":
+    def from_secrets_json(cls, data: bytes) -> Identity:
         d = json.loads(data)
         return cls(d["login"], Ed25519PrivateKey.from_private_bytes(bytes.fromhex(d["sign"])),
                    X25519PrivateKey.from_private_bytes(bytes.fromhex(d["box"])), d["cert_pem"].encode())

@@ -26,12 +26,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from broker.money import format_minor, parse_minor
 from console.gui.models import dead_letters_model, replicas_model
 from console.gui.operator import Operator, read_dead_letters
 from console.gui.state import ConsoleState, DeadLetters, ReplicaRow
 from console.gui.worker import Runner
 from console.status import collect_status
-from broker.money import format_minor, parse_minor
 from peer.config import Settings
 
 __all__ = ["ConsoleWindow"]

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
-import threading
 import time
 import uuid
 from typing import Any

@@ -8,12 +8,11 @@ from hypothesis import strategies as st
 from broker import commands as c
 from broker import content
 from broker.codec import b64d, b64e
+from broker.money import fee, interval_fees, interval_prices
 from broker.sealing import open_sealed, release_info
 from ledger.model import OPEN, REFUNDED, SETTLED, VOIDED, invariant_violations
-from broker.money import fee, interval_fees, interval_prices
 from tests.conftest import SEGMENT, Book
 from tests.unit.test_handlers import refused
-
 
 # -- the money rule ------------------------------------------------------------------------------
 
