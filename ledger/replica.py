@@ -46,7 +46,7 @@ class ReplicaConfig:
     snapshot_every: int = 5000
     status_interval: float = 1.0
     tick_interval: float = 0.5
-    heartbeat: int = 2
+    heartbeat: int = 1
 
 
 class Replica:
