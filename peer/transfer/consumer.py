@@ -355,7 +355,10 @@ def _open(
         seal = protocol.FrameSeal(bytes.fromhex(str(message["bulk_key"])))
     except (KeyError, ValueError) as exc:
         raise ProtocolError("provider sent no valid key for sealing the bulk stream") from exc
-    plain = tls.unwrap()
+    try:
+        plain = tls.unwrap()
+    except (ssl.SSLError, OSError) as exc:
+        raise ConnectionLost(f"connection to {expected.provider} broke while leaving TLS: {exc}") from exc
     stream = socks.add(socket.socket(plain.family, plain.type, fileno=plain.detach()))
     protocol.use_kernel_timeouts(stream, io_timeout)
     return stream, seal
