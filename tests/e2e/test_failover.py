@@ -179,3 +179,27 @@ def test_a_replica_with_an_empty_store_joins_from_the_shared_snapshot(cluster: C
     hashes = {json.loads(cluster.acb("audit", "hash", "--store", cluster.store(rid), "--at", str(common),
                                      "--json").stdout)["state_hash"] for rid in ("r1", "r2")}
     assert len(hashes) == 1
+
+
+def test_reads_are_served_by_backups_and_by_the_primary_when_alone(cluster: Cluster) -> None:
+    from broker import queries as q
+
+    cluster.start("r1")
+    client = Client(BrokerClient(AMQP_URL, cluster.names), cluster.home)
+    client.register("jon", "jon-secret-123")
+    primary = cluster.wait_for(lambda rs: any(r["role"] == "primary" for r in rs), what="a primary")[0]["replica"]
+
+    def served_by() -> set[str | None]:
+        seen = set()
+        for _ in range(20):
+            env = seal(q.Search(text=""), sender="anonymous", key=None, kind="query", min_seq=client.last_seq)
+            seen.add(client.broker.request(env).unwrap().served_by)
+        return seen
+
+    assert served_by() == {primary}  # no backup alive: the primary answers
+    cluster.start("r2")
+    cluster.start("r3")
+    cluster.wait_for(lambda rs: len(rs) == 3, what="two backups")
+    time.sleep(0.5)  # the backups' read consumers take over at their higher priority
+    assert served_by() == {"r2", "r3"}  # spread over the backups; the primary is left alone
+    client.broker.close()
