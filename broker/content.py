@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import blake3
@@ -30,9 +27,30 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from broker.errors import ContentError, DecryptionFailed, ProofInvalid, SignatureInvalid
+from broker.merkle import MerkleTree, leaf_hash, merkle_proof, merkle_root, verify_merkle
+from broker.segments import (
+    INTERVAL_BYTES,
+    LARGE_FILE,
+    LARGE_SEGMENT_SIZE,
+    SEGMENT_SIZE,
+    SPLIT_THRESHOLD,
+    TAG_SIZE,
+    FileCommitment,
+    choose_interval_segments,
+    choose_segment_size,
+    ciphertext_size_for,
+    describe_file,
+    segment_count_for,
+)
+
 __all__ = [
+    "INTERVAL_BYTES",
     "KEY_SIZE",
+    "LARGE_FILE",
+    "LARGE_SEGMENT_SIZE",
     "SEGMENT_SIZE",
+    "SPLIT_THRESHOLD",
     "TAG_SIZE",
     "ContentError",
     "DecryptionFailed",
@@ -70,240 +88,12 @@ __all__ = [
     "verify_merkle",
 ]
 
-SEGMENT_SIZE = 1 << 20
-LARGE_SEGMENT_SIZE = 4 << 20
-LARGE_FILE = 64 << 20
-
-
-SPLIT_THRESHOLD = 256 << 20
-INTERVAL_BYTES = 64 << 20
-
-
-def choose_interval_segments(size: int, segment_size: int, interval_bytes: int | None = None) -> int:
-    """Segments per paid interval for a new share: 0 (paid whole) below 256 MiB, else 64 MiB intervals.
-
-    ``interval_bytes`` overrides the choice (0: never split). Splitting bounds what either
-    side risks to one interval; below the threshold one payment is simpler and costs less.
-    """
-    if interval_bytes is None:
-        interval_bytes = INTERVAL_BYTES if size >= SPLIT_THRESHOLD else 0
-    if interval_bytes <= 0:
-        return 0
-    every = max(1, interval_bytes // segment_size)
-    return every if every < segment_count_for(size, segment_size) else 0
-
-
-def choose_segment_size(size: int) -> int:
-    """The segment size a new share gets: 1 MiB, or 4 MiB from 64 MiB up.
-
-    Per segment the provider signs and the consumer verifies one manifest entry and
-    both hand a buffer between threads; at 4 MiB that fixed cost is a quarter per byte
-    (measured: about +15% throughput on large files), while resume and dispute
-    granularity stay small next to such a file.
-    """
-    return LARGE_SEGMENT_SIZE if size >= LARGE_FILE else SEGMENT_SIZE
 KEY_SIZE = 32
-TAG_SIZE = 16
 SIGNATURE_SIZE = 64
-
-_LEAF_PREFIX = b"\x00"
-_NODE_PREFIX = b"\x01"
 _KEY_COMMITMENT_TAG = b"acb/key-commitment/v1\x00"
 _AAD_TAG = b"acb/segment/v1\x00"
 _HEADER_TYPE = "acb.manifest.header/v1"
 _ENTRY_TYPE = "acb.manifest.entry/v1"
-
-
-class ContentError(Exception):
-    """Root of the content-crypto errors.
-
-    ContentError
-    ├── DecryptionFailed   a segment does not decrypt (wrong key, tampered bytes)
-    ├── ProofInvalid       a Merkle proof or a manifest field does not check out
-    └── SignatureInvalid   a manifest is not signed by the expected provider
-    """
-
-
-class DecryptionFailed(ContentError):
-    """A ciphertext segment failed AES-GCM authentication."""
-
-
-class ProofInvalid(ContentError):
-    """A Merkle proof or manifest field does not match what was published."""
-
-
-class SignatureInvalid(ContentError):
-    """A manifest header or entry is not validly signed by the provider."""
-
-
-# --------------------------------------------------------------------------- Merkle tree
-
-
-def leaf_hash(plaintext_segment: bytes | bytearray | memoryview) -> bytes:
-    """Hash one plaintext segment as a Merkle leaf (RFC 6962: SHA-256 of 0x00 || data)."""
-    h = hashlib.sha256(_LEAF_PREFIX)
-    h.update(plaintext_segment)
-    return h.digest()
-
-
-def _node(left: bytes, right: bytes) -> bytes:
-    return hashlib.sha256(_NODE_PREFIX + left + right).digest()
-
-
-class MerkleTree:
-    """All levels of an RFC 6962 tree, built once so every proof costs O(log n).
-
-    Building bottom-up and carrying an unpaired last node up unchanged yields the
-    same tree as RFC 6962's "split at the largest power of two" definition, which
-    is what makes odd counts deterministic.
-    """
-
-    def __init__(self, leaves: Sequence[bytes]) -> None:
-        self._levels: list[list[bytes]] = [list(leaves)]
-        level = self._levels[0]
-        while len(level) > 1:
-            nxt = [_node(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
-            if len(level) % 2:
-                nxt.append(level[-1])
-            self._levels.append(nxt)
-            level = nxt
-
-    @property
-    def count(self) -> int:
-        """Number of leaves."""
-        return len(self._levels[0])
-
-    @property
-    def root(self) -> bytes:
-        """The tree head; SHA-256 of the empty string for an empty tree (RFC 6962)."""
-        if not self._levels[0]:
-            return hashlib.sha256(b"").digest()
-        return self._levels[-1][0]
-
-    def proof(self, index: int) -> list[bytes]:
-        """Audit path for leaf ``index``, bottom-up."""
-        if not 0 <= index < self.count:
-            raise ProofInvalid(f"leaf index {index} out of range for {self.count} leaves")
-        path: list[bytes] = []
-        for level in self._levels[:-1]:
-            sibling = index ^ 1
-            if sibling < len(level):
-                path.append(level[sibling])
-            index >>= 1
-        return path
-
-
-def merkle_root(leaves: Sequence[bytes]) -> bytes:
-    """Root of the RFC 6962 tree over already-hashed ``leaves``."""
-    return MerkleTree(leaves).root
-
-
-def merkle_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
-    """Audit path for ``leaves[index]``; use :class:`MerkleTree` for many proofs."""
-    return MerkleTree(leaves).proof(index)
-
-
-def verify_merkle(leaf: bytes, index: int, count: int, proof: Sequence[bytes], root: bytes) -> bool:
-    """Check an audit path (RFC 9162 section 2.1.3.2); never raises on bad input."""
-    if not 0 <= index < count:
-        return False
-    fn, sn, r = index, count - 1, leaf
-    for p in proof:
-        if sn == 0:
-            return False
-        if fn & 1 or fn == sn:
-            r = _node(p, r)
-            while not fn & 1 and fn != 0:
-                fn >>= 1
-                sn >>= 1
-        else:
-            r = _node(r, p)
-        fn >>= 1
-        sn >>= 1
-    return sn == 0 and r == root
-
-
-# --------------------------------------------------------------------------- file commitment
-
-
-def segment_count_for(size: int, segment_size: int) -> int:
-    """Number of segments of a ``size``-byte file (0 for an empty file)."""
-    if segment_size <= 0:
-        raise ValueError("segment_size must be positive")
-    return math.ceil(size / segment_size)
-
-
-def ciphertext_size_for(index: int, size: int, segment_size: int) -> int:
-    """Length of ciphertext segment ``index``: plaintext length plus the GCM tag."""
-    start = index * segment_size
-    return min(segment_size, size - start) + TAG_SIZE
-
-
-@dataclass(frozen=True)
-class FileCommitment:
-    """What a provider publishes about a document, plus the leaves it keeps for proofs."""
-
-    size: int
-    sha256: str
-    merkle_root: str
-    segment_size: int
-    segment_count: int
-    leaves: tuple[bytes, ...] = field(default=(), repr=False, compare=False)
-
-    def public(self) -> dict[str, Any]:
-        """The catalog-facing fields (leaves stay with the provider)."""
-        return {
-            "size": self.size,
-            "sha256": self.sha256,
-            "merkle_root": self.merkle_root,
-            "segment_size": self.segment_size,
-            "segment_count": self.segment_count,
-        }
-
-    def tree(self) -> MerkleTree:
-        """Build the Merkle tree over the kept leaves."""
-        if len(self.leaves) != self.segment_count:
-            raise ProofInvalid("commitment was loaded without its leaves")
-        return MerkleTree(self.leaves)
-
-
-def describe_file(path: str | Path, segment_size: int = SEGMENT_SIZE) -> FileCommitment:
-    """Stream ``path`` once and compute its commitment (size, SHA-256, Merkle root, leaves)."""
-    whole = hashlib.sha256()
-    leaves: list[bytes] = []
-    size = 0
-    buf = bytearray(segment_size)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while True:
-            n = _read_full(fh, view)
-            if n == 0:
-                break
-            chunk = view[:n]
-            whole.update(chunk)
-            leaves.append(leaf_hash(chunk))
-            size += n
-            if n < segment_size:
-                break
-    return FileCommitment(
-        size=size,
-        sha256=whole.hexdigest(),
-        merkle_root=merkle_root(leaves).hex(),
-        segment_size=segment_size,
-        segment_count=len(leaves),
-        leaves=tuple(leaves),
-    )
-
-
-def _read_full(fh: Any, view: memoryview) -> int:
-    """Fill ``view`` unless EOF comes first; raw reads may return short counts."""
-    got = 0
-    while got < len(view):
-        n = fh.readinto(view[got:])
-        if not n:
-            break
-        got += n
-    return got
 
 
 # --------------------------------------------------------------------------- segment crypto

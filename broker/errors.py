@@ -4,6 +4,10 @@
     ├── BrokerUnavailable            RabbitMQ cannot be reached or dropped us
     ├── ReplyTimeout                 no answer in time (the command may still apply)
     ├── MalformedMessage             bytes that do not parse into one of our models
+    ├── ContentError                 content crypto: a document, segment or manifest does not check out
+    │   ├── DecryptionFailed         a segment does not decrypt (wrong key, tampered bytes)
+    │   ├── ProofInvalid             a Merkle proof or a manifest field does not check out
+    │   └── SignatureInvalid         a manifest is not signed by the expected provider
     └── CommandRejected              a coded refusal a person can act on
         ├── BadSignature, StaleCommand, UnknownUser, DuplicateRegistration,
         ├── NotAuthorized, BadAmount, BadPrice, UnknownDocument, OwnDocument,
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 __all__ = [
     "BrokerError", "BrokerUnavailable", "ReplyTimeout", "MalformedMessage", "CommandRejected",
+    "ContentError", "DecryptionFailed", "ProofInvalid", "SignatureInvalid",
     "RemoteError", "rejection", "CODES",
 ]
 
@@ -38,6 +43,28 @@ class MalformedMessage(BrokerError):
     """Bytes that do not parse into a known, current model."""
 
     code = "malformed"
+
+
+class ContentError(BrokerError):
+    """Root of the content-crypto errors.
+
+    ContentError
+    ├── DecryptionFailed   a segment does not decrypt (wrong key, tampered bytes)
+    ├── ProofInvalid       a Merkle proof or a manifest field does not check out
+    └── SignatureInvalid   a manifest is not signed by the expected provider
+    """
+
+
+class DecryptionFailed(ContentError):
+    """A ciphertext segment failed AES-GCM authentication."""
+
+
+class ProofInvalid(ContentError):
+    """A Merkle proof or manifest field does not match what was published."""
+
+
+class SignatureInvalid(ContentError):
+    """A manifest header or entry is not validly signed by the provider."""
 
 
 class CommandRejected(BrokerError):
