@@ -360,6 +360,13 @@ def cmd_bench(args: argparse.Namespace, s: Settings) -> int:
 
         argv = ["--size", args.size] + (["--json"] if args.json else [])
         return bench_main(argv) or 0
+    if args.what == "ledger":
+        from bench.ledger import main as ledger_main
+
+        argv = ["--replicas", str(args.replicas), "--url", s.broker_url] + (["--json"] if args.json else [])
+        if args.commands:
+            argv += ["--commands", str(args.commands)]
+        return ledger_main(argv) or 0
     raise CliError(f"no benchmark {args.what!r}")
 
 
@@ -514,8 +521,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--keep", action="store_true", help="keep the demo's files and broker objects")
 
     sp = add("bench", cmd_bench, "benchmarks", json_flag=True)
-    sp.add_argument("what", choices=["transfer"])
-    sp.add_argument("--size", default="1GiB")
+    sp.add_argument("what", choices=["transfer", "ledger"])
+    sp.add_argument("--size", default="1GiB", help="transfer: file size (512MiB, 1GiB, ...)")
+    sp.add_argument("--replicas", type=int, default=1, help="ledger: replicas to run")
+    sp.add_argument("--commands", type=int, help="ledger: commands per pipelined or concurrent run")
     return p
 
 

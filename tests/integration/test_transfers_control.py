@@ -304,15 +304,6 @@ def test_buy_many_buys_at_once_and_the_service_lists_each_upload(deployment: Any
     assert not socket_path(Profile(deployment.home, seller.identity.login)).exists()
 
 
-def _buy_takes_control() -> bool:
-    import inspect
-
-    from peer.client import Client
-
-    return "control" in inspect.signature(Client.buy).parameters
-
-
-@pytest.mark.skipif(not _buy_takes_control(), reason="Client.buy does not pass a TransferControl to download yet")
 def test_buy_many_shares_its_download_limit_by_priority(deployment: Any, tmp_path: Path) -> None:
     from peer.transfers_cli import buy_many
 

@@ -12,7 +12,6 @@ import pytest
 from bench import ledger as bench
 from bench.ledger import _percentile, _Sample, _summarize, _Tally, format_table, summary_json
 from broker.client import connect
-from broker.errors import BrokerError
 from broker.replies import Reply
 
 AMQP_URL = os.environ.get("ACB_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -76,14 +75,6 @@ def test_tally_refuses_a_refusal_and_a_doubled_sequence() -> None:
         tally.check()
 
 
-def _broker_up() -> bool:
-    try:
-        connect(AMQP_URL, name="acb-test-probe").close()
-    except BrokerError:
-        return False
-    return True
-
-
 def _processes_with(variable: str) -> list[int]:
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -97,7 +88,6 @@ def _processes_with(variable: str) -> list[int]:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.skipif(not _broker_up(), reason="RabbitMQ is not reachable")
 def test_a_tiny_real_run_leaves_nothing_behind(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
