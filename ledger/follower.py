@@ -10,6 +10,7 @@ confirmed that a crash could take back.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -54,7 +55,7 @@ class Follower:
         self._last_snapshot = 0
         self.publish_snapshots: Callable[[], bool] = lambda: False  # set by the replica: only the primary shares
         self.joined_from_snapshot: int | None = None
-        self._channel: Any = None
+        self._snapshotter: threading.Thread | None = None
 
     # -- recovery --------------------------------------------------------------------------------
     def recover(self) -> State:
@@ -176,7 +177,6 @@ class Follower:
             ch = conn.channel()
             declare(ch, self.names)
             ch.basic_qos(prefetch_count=2 * _GROUP)
-            self._channel = conn.channel()
             offset: Any = self.next_offset if self.next_offset is not None else "first"
             pending: list[tuple[int, int, bytes]] = []  # (delivery tag, stream offset, body)
 
@@ -238,14 +238,37 @@ class Follower:
                 if entry_id in self._expected:
                     self._expected[entry_id] = outcome
             self._cond.notify_all()
-        if self.snapshot_every and state.seq - self._last_snapshot >= self.snapshot_every:
-            picture, digest = state_to_dict(state), state_hash(state)
-            self.store.save_snapshot(state.seq, digest, last_offset + 1, picture, int(time.time() * 1000))
+        due = self.snapshot_every and state.seq - self._last_snapshot >= self.snapshot_every
+        if due and (self._snapshotter is None or not self._snapshotter.is_alive()):
+            # Off this thread: the state is immutable, and a large one takes a while to picture. The
+            # log goes on being followed meanwhile, and the primary keeps its heartbeats.
             self._last_snapshot = state.seq
-            if self.publish_snapshots() and self._channel is not None:
-                record = {"seq": state.seq, "state_hash": digest, "stream_offset": last_offset + 1, "state": picture}
-                self._channel.basic_publish("", self.names.snapshots, zlib.compress(canonical(record), 3),
-                                            pika.BasicProperties(delivery_mode=2))
+            self._snapshotter = threading.Thread(
+                target=self._snapshot, args=(state, last_offset + 1, self.publish_snapshots()),
+                name=f"{self.replica_id}-snapshot", daemon=True)
+            self._snapshotter.start()
+
+    def _snapshot(self, state: State, offset: int, share: bool) -> None:
+        try:
+            picture = state_to_dict(state)
+            digest = hashlib.sha256(canonical(picture)).hexdigest()  # == state_hash(state), computed once
+            self.store.save_snapshot(state.seq, digest, offset, picture, int(time.time() * 1000))
+            if share:
+                conn = connect(self.url, heartbeat=5, name=f"acb-snapshot-{self.replica_id}")
+                try:
+                    record = {"seq": state.seq, "state_hash": digest, "stream_offset": offset, "state": picture}
+                    conn.channel().basic_publish("", self.names.snapshots, zlib.compress(canonical(record), 3),
+                                                 pika.BasicProperties(delivery_mode=2))
+                finally:
+                    conn.close()
+            log.info("snapshot at seq %d taken%s", state.seq, " and shared" if share else "")
+        except (LedgerError, BrokerError, pika.exceptions.AMQPError, OSError) as exc:
+            log.warning("snapshot at seq %d failed: %r (the next one will be tried)", state.seq, exc)
+
+    def wait_for_snapshot(self, timeout: float = 30.0) -> None:
+        """Let a snapshot being taken finish (before the store closes)."""
+        if self._snapshotter is not None:
+            self._snapshotter.join(timeout)
 
     def _halt(self, reason: str) -> None:
         log.critical("REPLICA %s HALTED, applying nothing more: %s", self.replica_id, reason)

@@ -91,6 +91,7 @@ class Replica:
         self.stop_event.set()
         for t in self._threads:
             t.join(timeout)
+        self.follower.wait_for_snapshot()
         self.store.close()
 
     def run_forever(self) -> int:
