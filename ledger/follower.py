@@ -56,6 +56,8 @@ class Follower:
         self.publish_snapshots: Callable[[], bool] = lambda: False  # set by the replica: only the primary shares
         self.joined_from_snapshot: int | None = None
         self._snapshotter: threading.Thread | None = None
+        # entry id -> (state it was folded onto, fold_entry's result), left by this process's primary
+        self._folded: dict[str, tuple[State, tuple[Outcome, State, list[Row]]]] = {}
 
     # -- recovery --------------------------------------------------------------------------------
     def recover(self) -> State:
@@ -126,6 +128,13 @@ class Follower:
         return True
 
     # -- waiting ---------------------------------------------------------------------------------
+    def remember_fold(self, entry_id: str, before: State, result: tuple[Outcome, State, list[Row]]) -> None:
+        """The primary's own fold of an entry it is about to write, to spare folding it twice."""
+        self._folded[entry_id] = (before, result)
+
+    def forget_folds(self) -> None:
+        self._folded.clear()
+
     def expect(self, entry_ids: list[str]) -> None:
         """Register entries whose outcome a writer will wait for (before publishing them)."""
         with self._cond:
@@ -212,7 +221,13 @@ class Follower:
                 log.error("log message at offset %d is not a log batch, skipped: %s", offset, exc)
                 continue
             for entry in batch.entries:
-                outcome, new_state, new_rows = fold_entry(state, entry)
+                folded = self._folded.pop(entry.entry_id, None)
+                if folded is not None and folded[0] is state:
+                    # This replica's own primary folded this very entry onto this very state already;
+                    # fold_entry is pure, so its result stands (the identity check makes sure).
+                    outcome, new_state, new_rows = folded[1]
+                else:
+                    outcome, new_state, new_rows = fold_entry(state, entry)
                 if outcome.verdict == HALT:
                     last_offset = offset - 1
                     self._commit(state, rows, outcomes, last_offset)

@@ -89,6 +89,7 @@ class CommandProcessor:
                 time.sleep(0.5)
             finally:
                 self._set_epoch(0)
+                self.follower.forget_folds()
 
     def _set_epoch(self, epoch: int) -> None:
         changed = (epoch != 0) != (self.epoch != 0)
@@ -178,12 +179,16 @@ class CommandProcessor:
         tentative = state
         entries: list[LogEntry] = []
         replies: list[tuple[Any, Reply, LogEntry | None]] = []
+        ticked = False
         for _method, props, body in batch:
             if props.type == TICK:
+                if ticked:  # every replica ticks; one look at the holds per batch is enough
+                    continue
+                ticked = True
                 events = expire_holds(tentative, ctx.now_ms)
                 if events:
                     expiry = self._entry(tentative, self.epoch, events, None, None)
-                    tentative = fold_entry(tentative, expiry)[1]
+                    tentative = self._fold(tentative, expiry)
                     entries.append(expiry)
                 continue
             reply, made, tentative = self._decide(tentative, props, body, ctx, ch)
@@ -250,8 +255,13 @@ class CommandProcessor:
         if not decision.events:
             return Reply(id=env.id, ok=True, seq=tentative.seq, result=decision.result, served_by=me), None, tentative
         entry = self._entry(tentative, self.epoch, decision.events, env.id, decision.result)
-        tentative = fold_entry(tentative, entry)[1]
+        tentative = self._fold(tentative, entry)
         return Reply(id=env.id, ok=True, result=decision.result, served_by=me), entry, tentative
+
+    def _fold(self, tentative: State, entry: LogEntry) -> State:
+        result = fold_entry(tentative, entry)
+        self.follower.remember_fold(entry.entry_id, tentative, result)
+        return result[1]
 
     def _remember(self, env: Envelope, reply: Reply) -> None:
         self._rejected[env.id] = reply
