@@ -23,9 +23,9 @@ import pika.exceptions
 
 from broker.client import connect
 from broker.codec import canonical
-from broker.errors import BrokerError
 from broker.topology import Names, declare
-from ledger.errors import ChainBroken, LedgerError
+from ledger.connected import BROKER_TROUBLE, keep_connected
+from ledger.errors import ChainBroken
 from ledger.log import ACCEPTED, HALT, LogBatch, LogEntry, Outcome, fold_entry, replay_row
 from ledger.model import State, state_from_dict, state_hash, state_to_dict
 from ledger.store import Row, Store
@@ -171,14 +171,7 @@ class Follower:
     # -- running ---------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         """Follow the log until ``stop`` is set or the replica halts; reconnects on broker loss."""
-        while not stop.is_set() and self.halted is None:
-            try:
-                self._follow(stop)
-            except (pika.exceptions.AMQPError, OSError, BrokerError, LedgerError) as exc:
-                if stop.is_set():
-                    return
-                log.warning("log follower lost the broker (%r); reconnecting", exc)
-                time.sleep(0.5)
+        keep_connected("log follower", self._follow, stop, lambda: self.halted is None, pause=0.5)
 
     def _follow(self, stop: threading.Event) -> None:
         conn = connect(self.url, heartbeat=5, name=f"acb-follower-{self.replica_id}")
@@ -277,7 +270,7 @@ class Follower:
                 finally:
                     conn.close()
             log.info("snapshot at seq %d taken%s", state.seq, " and shared" if share else "")
-        except (LedgerError, BrokerError, pika.exceptions.AMQPError, OSError) as exc:
+        except BROKER_TROUBLE as exc:
             log.warning("snapshot at seq %d failed: %r (the next one will be tried)", state.seq, exc)
 
     def wait_for_snapshot(self, timeout: float = 30.0) -> None:

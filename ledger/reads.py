@@ -27,7 +27,7 @@ from broker.envelope import Envelope, open_envelope, verify
 from broker.replies import Reply
 from broker.topology import BACKUP_PRIORITY, PRIMARY_PRIORITY, Names, declare
 from catalog import Catalog
-from ledger.errors import LedgerError
+from ledger.connected import keep_connected
 from ledger.follower import Follower
 from ledger.keys import SystemKeys
 from ledger.model import State
@@ -173,14 +173,7 @@ class ReadServer:
         self._role_changed.set()
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set() and self.follower.halted is None:
-            try:
-                self._serve(stop)
-            except (pika.exceptions.AMQPError, OSError, errors.BrokerError, LedgerError) as exc:
-                if stop.is_set():
-                    return
-                log.warning("read server lost the broker (%r); reconnecting", exc)
-                time.sleep(0.3)
+        keep_connected("read server", self._serve, stop, lambda: self.follower.halted is None)
 
     def _serve(self, stop: threading.Event) -> None:
         conn = connect(self.url, heartbeat=5, name=f"acb-reads-{self.replica_id}")
