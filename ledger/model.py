@@ -17,7 +17,7 @@ from typing import Any
 from pyrsistent import PMap, pmap, pvector
 
 from broker.codec import canonical
-from broker.money import DEFAULT_FEE_BPS
+from broker.money import DEFAULT_FEE_BPS, format_minor
 from ledger import events as ev
 
 __all__ = [
@@ -242,7 +242,7 @@ def _pay(state: State, sale: Sale, rec: Record, price: int, fee: int, provider_a
         state,
         # The consumer's hold becomes the payment: a flow of 0 on its available balance.
         (sale.consumer, 0, Flow(rec.seq, rec.at_ms, "payment", 0, sale.provider, sale.doc_id, sale.sale_id,
-                                memo=f"paid {price} from hold{what}")),
+                                memo=f"paid {format_minor(price)} from hold{what}")),
         (sale.provider, provider_amount, Flow(rec.seq, rec.at_ms, "sale", provider_amount, sale.consumer,
                                               sale.doc_id, sale.sale_id, memo=what.strip(", "))),
         ("owner", fee, Flow(rec.seq, rec.at_ms, "commission", fee, sale.provider, sale.doc_id, sale.sale_id)),

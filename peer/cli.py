@@ -216,7 +216,8 @@ def cmd_buy(args: argparse.Namespace, s: Settings) -> int:
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        result = client.buy(args.doc_id, out, progress=progress, on_step=step, io_timeout=_io_timeout())
+        result = client.buy(args.doc_id, out, progress=progress, on_step=step, io_timeout=_io_timeout(),
+                            again=args.again)
     data = _buy_data(result)
     _out(args, data, lambda: print(
         f"bought {doc['title']} for {format_minor(result.price)}: {result.path}" if result.verified else
@@ -437,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--priority", type=int, nargs="+",
                     help="one per document; 2 downloads twice as fast as 1 under --rate-limit")
     sp.add_argument("--rate-limit", type=float, dest="rate_limit", help="MB/s for all downloads together")
+    sp.add_argument("--again", action="store_true", help="buy a document you already bought once more")
     add("balance", cmd_balance, "your available and held money", json_flag=True)
     sp = add("flows", cmd_flows, "your cash-flow history", json_flag=True)
     sp.add_argument("--limit", type=int, default=100)

@@ -172,7 +172,7 @@ class Client:
     # -- buying ------------------------------------------------------------------------------------
     def buy(self, doc_id: str, dest: Path, *, progress: Callable[[int, int], None] | None = None,
             on_step: Callable[[str], None] | None = None, io_timeout: float = 60.0,
-            control: Any = None) -> BuyResult:
+            control: Any = None, again: bool = False) -> BuyResult:
         """Open the sale (hold), download from the provider, settle, receive the key, decrypt and verify.
 
         An interrupted purchase resumes: the same sale, from the first segment not yet stored.
@@ -198,6 +198,12 @@ class Client:
             if sale["status"] != "open":
                 pending.forget(doc_id)
                 sale_id, sale = None, None
+        if sale_id is None and not again:
+            bought = [s for s in self.sales() if s["doc_id"] == doc_id and s["consumer"] == me.login
+                      and s["status"] == "settled"]
+            if bought:
+                raise PeerError(f"you bought {doc_id} already (sale {bought[-1]['sale_id']}); "
+                                "buy it again only on purpose (--again)")
         if sale_id is None:
             from broker.money import format_minor, interval_prices
 

@@ -56,6 +56,14 @@ def test_paid_download_through_the_cli(cluster: Cluster, tmp_path: Path) -> None
         assert own.returncode == 2
         assert own.stderr.strip().splitlines()[-1] == f"acb: refused: own_document: alice provides {shared['doc_id']} and cannot buy it"
         assert cluster.acb_json("balance", env=alice)["available"] == 346
+        # Buying the same document twice by mistake is stopped; on purpose it goes through.
+        twice = cluster.acb("buy", shared["doc_id"], "--out", str(tmp_path / "again.txt"), env=bob)
+        assert twice.returncode == 1
+        assert twice.stderr.strip().splitlines()[-1].startswith(f"acb: you bought {shared['doc_id']} already")
+        assert cluster.acb_json("balance", env=bob)["available"] == 5000 - 350
+        assert cluster.acb_json("buy", shared["doc_id"], "--out", str(tmp_path / "again.txt"), "--again",
+                                env=bob)["verified"] is True
+        assert cluster.acb_json("balance", env=bob)["available"] == 5000 - 700
     finally:
         server.terminate()
         server.wait(10)
