@@ -531,6 +531,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("gui", "console") and not {"-h", "--help"} & set(argv[1:2]):
+        # The apps parse their own options (--screenshot, --tab, ...).
+        from peer import gui_cli
+
+        return int((gui_cli.desktop_main if argv[0] == "gui" else gui_cli.console_main)(argv[1:]))
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)

@@ -5,7 +5,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
 from console.gui.windows import ConsoleWindow
@@ -13,6 +12,7 @@ from console.gui.worker import Runner
 from ledger.errors import ConfigError
 from ledger.keys import load_operator_key
 from peer.config import Settings
+from peer.gui.shot import exec_window
 
 __all__ = ["build_window", "main", "run"]
 
@@ -33,26 +33,11 @@ def run(settings: Settings, *, screenshot: Path | None = None, interval: float =
     app.setApplicationName("ACB console")
     runner = Runner()
     window = build_window(settings, runner, interval=interval)
-    outcome = {"code": 0}
-    if screenshot is not None:
-        def shoot() -> None:
-            window.grab().save(str(screenshot))
-            print(f"saved {screenshot}")
-            app.quit()
-
-        def too_slow() -> None:
-            print(f"acb console: nothing heard within {timeout_s:.0f} s; no screenshot", file=sys.stderr)
-            outcome["code"] = 1
-            app.quit()
-
-        window.loaded.connect(lambda: QTimer.singleShot(300, shoot))
-        QTimer.singleShot(int(timeout_s * 1000), too_slow)
-    window.show()
-    window.start()
-    code = app.exec()
+    code = exec_window(app, window, window.start, screenshot=screenshot, timeout_s=timeout_s,
+                       silence="acb console: nothing heard from the replicas")
     window.timer.stop()
     runner.shutdown()
-    return outcome["code"] or code
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,12 +6,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from PySide6.QtCore import QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QApplication, QDialog
 
 from peer.config import Settings
 from peer.gui.session import Session
+from peer.gui.shot import exec_window
 from peer.gui.windows import LoginDialog, MainWindow
 from peer.gui.worker import Runner
 from peer.identity import Profile
@@ -69,26 +69,11 @@ def run(settings: Settings, *, login: str | None = None, screenshot: Path | None
             return 1
     window = build_window(session, runner)
     window.tabs.setCurrentIndex(TABS.index(tab))
-    outcome = {"code": 0}
-    if screenshot is not None:
-        def shoot() -> None:
-            window.grab().save(str(screenshot))
-            print(f"saved {screenshot}")
-            app.quit()
-
-        def too_slow() -> None:
-            print(f"acb gui: no answer from the ledger within {timeout_s:.0f} s; no screenshot", file=sys.stderr)
-            outcome["code"] = 1
-            app.quit()
-
-        window.loaded.connect(lambda: QTimer.singleShot(300, shoot))
-        QTimer.singleShot(int(timeout_s * 1000), too_slow)
-    window.show()
-    window.refresh_all()
-    code = app.exec()
+    code = exec_window(app, window, window.refresh_all, screenshot=screenshot, timeout_s=timeout_s,
+                       silence="acb gui: no answer from the ledger")
     window.set_serving(False)
     runner.shutdown()
-    return outcome["code"] or code
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -101,3 +101,14 @@ def test_no_ledger_is_a_clear_wait_then_error(cluster: Cluster) -> None:
     assert "no reply" in out.stderr.strip().splitlines()[-1]
     assert "Traceback" not in out.stderr
     assert time.monotonic() - start < 60
+
+
+def test_the_apps_start_from_the_cli_and_photograph_themselves(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start("r1")
+    assert cluster.acb("register", "dora", env={"ACB_PASSWORD": "dora-secret-1"}).returncode == 0
+    qt = {"QT_QPA_PLATFORM": "offscreen", "ACB_USER": "dora"}
+    for app in ("console", "gui"):
+        shot = tmp_path / f"{app}.png"
+        out = cluster.acb(app, "--screenshot", str(shot), env=qt)
+        assert out.returncode == 0, out.stderr
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
