@@ -62,13 +62,14 @@ def _password(prompt: str, *, confirm: bool = False) -> str:
 
 
 def _waiter() -> Callable[[float], None]:
-    shown = [False]
+    said = [0.0]
 
     def on_wait(elapsed: float) -> None:
-        # A failover costs a short pause: say so instead of failing.
-        if elapsed > 1.0:
-            print(f"\r  waiting for the ledger ({elapsed:4.1f} s)…", end="", file=sys.stderr, flush=True)
-            shown[0] = True
+        # A failover costs a short pause: say so (every few seconds) instead of failing.
+        if elapsed > 1.0 and elapsed - said[0] >= 5.0 or (said[0] == 0.0 and elapsed > 1.0):
+            print(f"  waiting for the ledger ({elapsed:.0f} s; a replica may be taking over)…", file=sys.stderr,
+                  flush=True)
+            said[0] = elapsed
 
     return on_wait
 
@@ -546,10 +547,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.fn(args, settings) or 0)
     except CommandRejected as exc:
-        print(f"\nacb: refused: {exc}", file=sys.stderr)
+        print(f"acb: refused: {exc}", file=sys.stderr)
         return 2
     except (BrokerError, PeerError, CliError) as exc:
-        print(f"\nacb: {exc}", file=sys.stderr)
+        print(f"acb: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # transfer and content errors carry their own clear messages
         from broker.content import ContentError
@@ -557,7 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from peer.transfer.errors import TransferError
 
         if isinstance(exc, (TransferError, ContentError, LedgerError)):
-            print(f"\nacb: {exc}", file=sys.stderr)
+            print(f"acb: {exc}", file=sys.stderr)
             return 1
         raise
 
