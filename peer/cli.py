@@ -470,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("account")
     bp.add_argument("--json", action="store_true")
 
-    sp = add("ledger", lambda a, s: a.ledger_fn(a, s), "run and inspect ledger replicas")
+    sp = add("ledger", lambda a, s: a.ledger_fn(a, s), "run a ledger replica")
     lsub = sp.add_subparsers(dest="ledger_cmd", required=True, metavar="CMD")
     rp = lsub.add_parser("run", help="run a ledger replica (start N of them: one primary, N-1 backups)")
     rp.set_defaults(ledger_fn=cmd_ledger_run)
