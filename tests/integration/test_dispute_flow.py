@@ -14,6 +14,7 @@ from pathlib import Path
 
 from broker import commands as c
 from broker import queries as q
+from peer.client import Client
 from peer.serve import ProviderService
 from peer.transfer import SaleGrant
 from tests.conftest import Deployment
@@ -29,6 +30,17 @@ class _SwappingService(ProviderService):
         return dataclasses.replace(grant, path=self.swap_to)
 
 
+def _seller_and_buyer(dep: Deployment, seller_prefix: str, buyer_prefix: str) -> tuple[str, str, str, Client, Client]:
+    """A fresh seller and a buyer holding 50.00, under logins of this test's own."""
+    tag = uuid.uuid4().hex[:6]
+    seller, buyer = f"{seller_prefix}{tag}", f"{buyer_prefix}{tag}"
+    alice, bob = dep.client(), dep.client()
+    alice.register(seller, "seller-secret-1")
+    bob.register(buyer, "buyer-secret-1")
+    bob.send(c.Deposit(account=buyer, amount=5_000), sender=c.OPERATOR, key=dep.operator_key())
+    return tag, seller, buyer, alice, bob
+
+
 def _balances(dep: Deployment, *accounts: str) -> dict[str, int]:
     op = dep.client()
     return {a: op.ask(q.Balance(account=a), sender=c.OPERATOR, key=dep.operator_key())["available"]
@@ -36,12 +48,7 @@ def _balances(dep: Deployment, *accounts: str) -> dict[str, int]:
 
 
 def test_cheating_provider_refunds_the_buyer_exactly(deployment: Deployment, tmp_path: Path) -> None:
-    tag = uuid.uuid4().hex[:6]
-    seller, buyer = f"mal{tag}", f"vic{tag}"
-    alice, bob = deployment.client(), deployment.client()
-    alice.register(seller, "seller-secret-1")
-    bob.register(buyer, "buyer-secret-1")
-    bob.send(c.Deposit(account=buyer, amount=5_000), sender=c.OPERATOR, key=deployment.operator_key())
+    tag, seller, buyer, alice, bob = _seller_and_buyer(deployment, "mal", "vic")
 
     published = tmp_path / "published.bin"
     published.write_bytes(os.urandom(3 * 65536 + 100))
@@ -76,12 +83,7 @@ def test_cheating_provider_refunds_the_buyer_exactly(deployment: Deployment, tmp
 
 
 def test_an_honest_provider_cannot_be_disputed_into_a_refund(deployment: Deployment, tmp_path: Path) -> None:
-    tag = uuid.uuid4().hex[:6]
-    seller, buyer = f"hon{tag}", f"buy{tag}"
-    alice, bob = deployment.client(), deployment.client()
-    alice.register(seller, "seller-secret-1")
-    bob.register(buyer, "buyer-secret-1")
-    bob.send(c.Deposit(account=buyer, amount=5_000), sender=c.OPERATOR, key=deployment.operator_key())
+    tag, seller, buyer, alice, bob = _seller_and_buyer(deployment, "hon", "buy")
     published = tmp_path / "doc.bin"
     published.write_bytes(os.urandom(2 * 65536))
     assert alice.identity is not None
@@ -114,12 +116,7 @@ def test_an_honest_provider_cannot_be_disputed_into_a_refund(deployment: Deploym
 
 
 def test_a_split_sale_is_paid_interval_by_interval_end_to_end(deployment: Deployment, tmp_path: Path) -> None:
-    tag = uuid.uuid4().hex[:6]
-    seller, buyer = f"spl{tag}", f"cus{tag}"
-    alice, bob = deployment.client(), deployment.client()
-    alice.register(seller, "seller-secret-1")
-    bob.register(buyer, "buyer-secret-1")
-    bob.send(c.Deposit(account=buyer, amount=5_000), sender=c.OPERATOR, key=deployment.operator_key())
+    tag, seller, buyer, alice, bob = _seller_and_buyer(deployment, "spl", "cus")
     doc_path = tmp_path / "big.bin"
     doc_path.write_bytes(os.urandom(7 * 65536 + 5))
     assert alice.identity is not None
@@ -146,12 +143,7 @@ def test_a_split_sale_is_paid_interval_by_interval_end_to_end(deployment: Deploy
 
 def test_a_split_sale_with_a_cheat_in_the_second_interval_stops_there(deployment: Deployment,
                                                                         tmp_path: Path) -> None:
-    tag = uuid.uuid4().hex[:6]
-    seller, buyer = f"sch{tag}", f"sbu{tag}"
-    alice, bob = deployment.client(), deployment.client()
-    alice.register(seller, "seller-secret-1")
-    bob.register(buyer, "buyer-secret-1")
-    bob.send(c.Deposit(account=buyer, amount=5_000), sender=c.OPERATOR, key=deployment.operator_key())
+    tag, seller, buyer, alice, bob = _seller_and_buyer(deployment, "sch", "sbu")
     published = tmp_path / "published.bin"
     published.write_bytes(os.urandom(6 * 65536))
     other = bytearray(published.read_bytes())

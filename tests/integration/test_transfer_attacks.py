@@ -38,17 +38,6 @@ from peer.transfer.tls import client_context
 from tests.integration.test_transfer_support import SEG, Market, User, wait_for
 
 
-@pytest.fixture
-def market(tmp_path: Path) -> Market:
-    return Market(tmp_path)
-
-
-@pytest.fixture
-def running(market: Market) -> Iterator[ProviderServer]:
-    with market.server() as server:
-        yield server
-
-
 def _read_all(sock: socket.socket) -> bytes:
     data = b""
     sock.settimeout(5)

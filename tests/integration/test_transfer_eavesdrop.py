@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -78,17 +77,6 @@ class Relay:
             t.join(5)
         for s in self._socks:
             s.close()
-
-
-@pytest.fixture
-def market(tmp_path: Path) -> Market:
-    return Market(tmp_path)
-
-
-@pytest.fixture
-def running(market: Market) -> Iterator[ProviderServer]:
-    with market.server() as server:
-        yield server
 
 
 def _relayed(server: ProviderServer, relay: Relay) -> ProviderServer:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,17 +18,6 @@ from peer.transfer import (
     load_download,
 )
 from tests.integration.test_transfer_support import Market, wait_for
-
-
-@pytest.fixture
-def market(tmp_path: Path) -> Market:
-    return Market(tmp_path)
-
-
-@pytest.fixture
-def running(market: Market) -> Iterator[ProviderServer]:
-    with market.server() as server:
-        yield server
 
 
 def _decrypt(market: Market, result: DownloadResult, key: bytes, out: Path) -> bytes:

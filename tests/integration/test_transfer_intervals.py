@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,12 +28,6 @@ def market(tmp_path: Path) -> SplitMarket:
     m = SplitMarket(tmp_path)
     m.paid = {}
     return m
-
-
-@pytest.fixture
-def running(market: SplitMarket) -> Iterator[ProviderServer]:
-    with market.server() as server:
-        yield server
 
 
 def test_interval_by_interval_download_check_and_decrypt(market: SplitMarket, running: ProviderServer,

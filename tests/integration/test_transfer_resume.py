@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,18 +18,6 @@ from peer.transfer import (
 )
 from peer.transfer.journal import slot_size
 from tests.integration.test_transfer_support import SEG, Market, progress_hook, wait_for
-
-
-@pytest.fixture
-def market(tmp_path: Path) -> Market:
-    return Market(tmp_path)
-
-
-@pytest.fixture
-def running(market: Market) -> Iterator[ProviderServer]:
-    with market.server() as server:
-        yield server
-
 
 _REC = struct.Struct(">BI")
 HEADER, ENTRY, COMMIT, COMPLETE = 1, 2, 3, 4
