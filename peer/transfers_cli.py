@@ -21,7 +21,7 @@ from peer.config import Settings
 from peer.errors import NotLoggedIn, PeerError
 from peer.identity import Profile
 from peer.transfer.control import BandwidthScheduler, TransferControl
-from peer.transfers import ControlError, NoServe, control_request, list_downloads
+from peer.transfers import NoServe, control_request, list_downloads
 
 __all__ = ["BuyOutcome", "buy_many", "cmd_transfers", "register"]
 
@@ -273,30 +273,3 @@ def _dest(out_dir: Path, title: str, doc_id: str, taken: set[Path]) -> Path:
         dest = out_dir / f"{name}.{doc_id}"
     taken.add(dest)
     return dest
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m peer.transfers_cli ...``: the same commands as ``acb transfers ...``."""
-    import sys
-
-    parser = argparse.ArgumentParser(prog="acb")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name: str, fn: Callable[..., int], help: str, *, json_flag: bool = False) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=help)
-        sp.set_defaults(fn=fn)
-        if json_flag:
-            sp.add_argument("--json", action="store_true", help="print one JSON object")
-        return sp
-
-    register(sub, add)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.fn(args, Settings.from_env()))
-    except (PeerError, ControlError) as exc:
-        print(f"acb: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -8,11 +8,11 @@ from pathlib import Path
 from PySide6.QtWidgets import QApplication
 
 from console.gui.windows import ConsoleWindow
-from console.gui.worker import Runner
 from ledger.errors import ConfigError
 from ledger.keys import load_operator_key
 from peer.config import Settings
 from peer.gui.shot import exec_window
+from peer.gui.worker import Runner
 
 __all__ = ["build_window", "main", "run"]
 

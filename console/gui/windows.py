@@ -30,9 +30,9 @@ from broker.money import format_minor, parse_minor
 from console.gui.models import dead_letters_model, replicas_model
 from console.gui.operator import Operator, read_dead_letters
 from console.gui.state import ConsoleState, DeadLetters, ReplicaRow
-from console.gui.worker import Runner
 from console.status import collect_status
 from peer.config import Settings
+from peer.gui.worker import Runner
 
 __all__ = ["ConsoleWindow"]
 
@@ -222,7 +222,7 @@ class ConsoleWindow(QMainWindow):
             result, self.last_seq = res[0], max(self.last_seq, res[1])
             done(result)
 
-        self.runner.submit(job, done=ok, failed=self.show_error)
+        self.runner.submit(lambda _job: job(), done=ok, failed=self.show_error)
 
     # -- replicas and dead letters -----------------------------------------------------------------
     def poll(self) -> None:
@@ -255,7 +255,7 @@ class ConsoleWindow(QMainWindow):
             self._polling = False
             self.show_error(text)
 
-        self.runner.submit(job, done=done, failed=failed)
+        self.runner.submit(lambda _job: job(), done=done, failed=failed)
 
     def _note_changes(self) -> None:
         now = time.monotonic()

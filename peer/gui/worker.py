@@ -31,7 +31,7 @@ def describe_error(exc: BaseException) -> str:
         return f"{type(exc).__name__}: {exc}"
     text = str(exc) or type(exc).__name__
     module = type(exc).__module__
-    if module.startswith(("peer", "broker", "ledger")):
+    if module.startswith(("peer", "broker", "ledger", "console")):
         return text
     return f"{type(exc).__name__}: {text}"
 

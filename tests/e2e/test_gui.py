@@ -36,7 +36,6 @@ from broker.topology import Names, delete
 from console.gui.app import build_window as build_console
 from console.gui.models import ROLE_COLORS
 from console.gui.windows import ConsoleWindow
-from console.gui.worker import Runner as ConsoleRunner
 from ledger.keys import init_system, load_operator_key, load_system
 from ledger.replica import Replica, ReplicaConfig
 from peer.client import Client
@@ -129,7 +128,7 @@ def _desktop(qtbot, market: Market, login: str, tmp_path: Path) -> MainWindow:  
     return window
 
 
-def _close(window: QWidget, runner: Runner | ConsoleRunner) -> None:
+def _close(window: QWidget, runner: Runner) -> None:
     window.close()
     runner.shutdown()
 
@@ -343,7 +342,7 @@ def test_a_refused_purchase_shows_the_coded_error(qtbot, market: Market, tmp_pat
 
 
 def _console(qtbot, market: Market) -> ConsoleWindow:  # type: ignore[no-untyped-def]
-    window = build_console(market.settings, ConsoleRunner())
+    window = build_console(market.settings, Runner())
     qtbot.addWidget(window)
     window.show()
     with qtbot.waitSignal(window.loaded, timeout=WAIT_MS):
