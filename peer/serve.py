@@ -217,6 +217,7 @@ class ProviderService:
         self.identity = identity
         self.profile = Profile(client.home, identity.login)
         self._lock = threading.Lock()  # the ledger client is not thread-safe; consumers arrive in parallel
+        self._ledger_box_key: bytes | None = None
         self._commitments: dict[str, tuple[tuple[int, int], content.FileCommitment]] = {}
         self._docs: dict[str, tuple[str, int]] = {}  # sale id -> (doc id, segment count), for the uploads view
         self.server = ProviderServer(identity.sign_key, identity.login, identity.cert_pem, self.authorize,
@@ -294,8 +295,9 @@ class ProviderService:
             key = self._sale_key(sale_id)
             commit = content.key_commitment(sale_id, key)
             if sale.get("key_commitment") is None:
-                info = self.client.ledger_info()
-                sealed = seal_to(bytes.fromhex(info["ledger_box_key"]), key, escrow_info(sale_id))
+                if self._ledger_box_key is None:  # the ledger's key does not change: ask once
+                    self._ledger_box_key = bytes.fromhex(self.client.ledger_info()["ledger_box_key"])
+                sealed = seal_to(self._ledger_box_key, key, escrow_info(sale_id))
                 try:
                     self.client.send(c.EscrowKey(sale_id=sale_id, sealed_key=b64e(sealed), key_commitment=commit))
                 except BrokerError as exc:
