@@ -5,32 +5,66 @@ published persistent with publisher confirms and ``mandatory``, so a command
 that no queue takes is an error, not a silent loss. A command is resent with
 the same id until a reply arrives or the deadline passes: the ledger applies
 an id once, so a retry after a failover costs a pause, never a double charge.
+
+Nothing that arrives is believed on its word: a reply counts only when a
+replica the operator certified signed it, for exactly the request sent
+(:mod:`broker.trust`). Anything else (unsigned, forged, answering another
+request, from a removed replica) is dropped and counted, and the client goes
+on waiting for the real answer.
+
+``amqps://`` URLs are verified against the CA in ``ACB_BROKER_CA`` (else
+``$ACB_HOME/system/tls/ca.pem`` or ``$ACB_HOME/broker-ca.pem``, else the
+system's); ``ACB_BROKER_CERT`` and ``ACB_BROKER_KEY`` add a client certificate
+(mutual TLS, for replicas).
 """
 from __future__ import annotations
 
 import logging
+import os
+import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pika
 import pika.exceptions
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from broker import errors
-from broker.envelope import Envelope
+from broker import queries as q
+from broker.envelope import Envelope, seal
 from broker.replies import Reply, parse_reply
 from broker.topology import Names, declare
+from broker.trust import Trust, digest
 
-__all__ = ["BrokerClient", "DEFAULT_URL", "connect"]
+__all__ = ["BrokerClient", "connect", "tls_context"]
 
-DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 log = logging.getLogger(__name__)
 _REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+def tls_context(url: str) -> ssl.SSLContext:
+    """The TLS context for an amqps:// URL: the broker's certificate verified, optionally ours presented."""
+    home = Path(os.environ.get("ACB_HOME") or Path.home() / ".acb")
+    cafile = os.environ.get("ACB_BROKER_CA") or next(
+        (str(p) for p in (home / "system" / "tls" / "ca.pem", home / "broker-ca.pem") if p.exists()), None)
+    try:
+        context = ssl.create_default_context(cafile=cafile)
+        cert, key = os.environ.get("ACB_BROKER_CERT"), os.environ.get("ACB_BROKER_KEY")
+        if cert:
+            context.load_cert_chain(cert, key or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise errors.ConfigurationError(f"cannot load the broker's TLS certificates: {exc.strerror or exc}") from exc
+    return context
 
 
 def connect(url: str, *, heartbeat: int = 10, name: str = "acb") -> pika.BlockingConnection:
     """Open a blocking connection, turning pika's errors into ours."""
     params = pika.URLParameters(url)
+    if url.startswith("amqps://"):
+        params.ssl_options = pika.SSLOptions(tls_context(url), params.host)
     params.heartbeat = heartbeat
     params.blocked_connection_timeout = 30
     params.connection_attempts = 1
@@ -38,7 +72,15 @@ def connect(url: str, *, heartbeat: int = 10, name: str = "acb") -> pika.Blockin
     params.client_properties = {"connection_name": name}
     try:
         return pika.BlockingConnection(params)
+    except pika.exceptions.ProbableAuthenticationError as exc:
+        raise errors.BrokerUnavailable(f"RabbitMQ at {_safe(url)} refused the user name or password") from exc
+    except pika.exceptions.ProbableAccessDeniedError as exc:
+        raise errors.BrokerUnavailable(f"RabbitMQ at {_safe(url)} refused access to its virtual host") from exc
     except pika.exceptions.AMQPError as exc:
+        cause = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc
+        if isinstance(cause, ssl.SSLError) or "CERTIFICATE" in repr(exc):
+            raise errors.BrokerUnavailable(f"the broker at {_safe(url)} did not present a certificate this "
+                                           f"machine trusts (set ACB_BROKER_CA)") from exc
         raise errors.BrokerUnavailable(f"cannot reach RabbitMQ at {_safe(url)}: {exc!r}") from exc
 
 
@@ -51,15 +93,31 @@ def _safe(url: str) -> str:
 
 
 class BrokerClient:
-    """One client connection. Not thread-safe: one per thread."""
+    """One client connection. Not thread-safe: one per thread.
 
-    def __init__(self, url: str = DEFAULT_URL, names: Names | None = None, *, declare_topology: bool = True) -> None:
+    ``trust`` holds the operator's public key and the replica roster that replies are checked
+    against (default: :meth:`Trust.from_env`). Peers may not declare broker objects: only a
+    replica's (or a test's) client passes ``declare_topology=True``.
+    """
+
+    def __init__(self, url: str, names: Names | None = None, *, declare_topology: bool = False,
+                 trust: Trust | None = None) -> None:
         self.url = url
         self.names = names or Names()
         self._declare = declare_topology
+        self._trust = trust
         self._conn: pika.BlockingConnection | None = None
         self._channel: Any = None
-        self._replies: dict[str, bytes] = {}
+        self._replies: dict[str, list[bytes]] = {}
+        self._waiting: set[str] = set()
+        self.forged_replies = 0  # replies dropped: unsigned, forged, for another request, uncertified signer
+        self._refreshed_at = float("-inf")
+
+    @property
+    def trust(self) -> Trust:
+        if self._trust is None:
+            self._trust = Trust.from_env()
+        return self._trust
 
     # -- connection ----------------------------------------------------------------------------
     def _ensure(self) -> Any:
@@ -77,8 +135,10 @@ class BrokerClient:
         return ch
 
     def _on_reply(self, _ch: Any, _method: Any, props: Any, body: bytes) -> None:
-        if props.correlation_id:
-            self._replies[props.correlation_id] = body
+        # Keep every candidate for a request we wait for (a forgery may arrive first); drop the rest.
+        ident = props.correlation_id
+        if ident in self._waiting and len(self._replies.setdefault(ident, [])) < 64:
+            self._replies[ident].append(body)
 
     def close(self) -> None:
         conn, self._conn, self._channel = self._conn, None, None
@@ -112,8 +172,21 @@ class BrokerClient:
         exchange = self.names.commands if is_command else self.names.reads
         routing_key = "command" if is_command else "query"
         body = envelope.to_bytes()
+        request = digest(body)
         start = time.monotonic()
         deadline = start + timeout
+        trust = self.trust
+        self._waiting.add(envelope.id)
+        try:
+            return self._request(envelope, body, request, exchange, routing_key, is_command, trust, start, deadline,
+                                 timeout, attempt_timeout, on_wait)
+        finally:
+            self._waiting.discard(envelope.id)
+            self._replies.pop(envelope.id, None)
+
+    def _request(self, envelope: Envelope, body: bytes, request: str, exchange: str, routing_key: str,
+                 is_command: bool, trust: Trust, start: float, deadline: float, timeout: float,
+                 attempt_timeout: float, on_wait: Callable[[float], None] | None) -> Reply:
         while True:
             try:
                 ch = self._ensure()
@@ -125,7 +198,7 @@ class BrokerClient:
                     ),
                     mandatory=True,
                 )
-                reply = self._await(envelope.id, min(deadline, time.monotonic() + attempt_timeout))
+                reply = self._await(envelope.id, request, trust, min(deadline, time.monotonic() + attempt_timeout))
                 if reply is not None:
                     return reply
             except pika.exceptions.UnroutableError as exc:
@@ -140,11 +213,82 @@ class BrokerClient:
             if on_wait is not None:
                 on_wait(now - start)
 
-    def _await(self, ident: str, until: float) -> Reply | None:
+    def _await(self, ident: str, request: str, trust: Trust, until: float) -> Reply | None:
         assert self._conn is not None
-        while ident not in self._replies:
+        while True:
+            for body in self._replies.pop(ident, []):
+                reply = self._believe(body, ident, request, trust)
+                if reply is not None:
+                    return reply
             left = until - time.monotonic()
             if left <= 0:
                 return None
             self._conn.process_data_events(time_limit=min(left, 0.25))
-        return parse_reply(self._replies.pop(ident))
+
+    def _believe(self, body: bytes, ident: str, request: str, trust: Trust) -> Reply | None:
+        """The reply in ``body`` if a certified replica signed it for this very request; None otherwise."""
+        try:
+            reply = parse_reply(body)
+        except errors.MalformedMessage:
+            self._dropped("a reply that does not parse")
+            return None
+        if reply.id != ident or reply.request != request or reply.signature is None:
+            self._dropped(f"a reply not bound to request {ident[:12]}")
+            return None
+        if trust.replica_key(reply.signer) is None:
+            self._refresh_roster(trust)
+        key = trust.replica_key(reply.signer)
+        if key is None or not _verifies(key, reply):
+            self._dropped(f"a reply not signed by a certified replica (claims {str(reply.signer)[:40]!r})")
+            return None
+        return reply
+
+    def _dropped(self, what: str) -> None:
+        self.forged_replies += 1
+        log.warning("dropped %s; still waiting for the real answer", what)
+
+    def _refresh_roster(self, trust: Trust) -> None:
+        """Ask the ledger for its newest roster: it is signed by the operator, so any answer will do."""
+        if time.monotonic() - self._refreshed_at < 2.0:
+            return  # at most one look every two seconds, however many strangers' replies arrive
+        self._refreshed_at = time.monotonic()
+        try:
+            env = seal(q.LedgerInfo(), sender="anonymous", key=None, kind="query")
+            body = env.to_bytes()
+            self._waiting.add(env.id)
+            try:
+                self._ensure().basic_publish(
+                    self.names.reads, "query", body,
+                    pika.BasicProperties(reply_to=_REPLY_TO, correlation_id=env.id, type="query"), mandatory=True)
+                until = time.monotonic() + 2.0
+                assert self._conn is not None
+                while time.monotonic() < until:
+                    for raw in self._replies.pop(env.id, []):
+                        if self._adopt_roster(raw, env.id, digest(body), trust):
+                            return
+                    self._conn.process_data_events(time_limit=0.1)
+            finally:
+                self._waiting.discard(env.id)
+                self._replies.pop(env.id, None)
+        except (pika.exceptions.AMQPError, errors.BrokerError, OSError) as exc:
+            log.info("could not refresh the replica roster: %r", exc)
+
+    def _adopt_roster(self, raw: bytes, ident: str, request: str, trust: Trust) -> bool:
+        try:
+            reply = parse_reply(raw)
+            roster = reply.result.get("roster") if reply.ok and reply.id == ident else None
+            if roster is None:
+                return False
+            trust.adopt(roster)  # checked against the operator's key: whoever relayed it does not matter
+        except errors.BrokerError:
+            return False
+        key = trust.replica_key(reply.signer)
+        return key is not None and reply.request == request and _verifies(key, reply)
+
+
+def _verifies(key: bytes, reply: Reply) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(key).verify(bytes.fromhex(reply.signature or ""), reply.signing_bytes())
+    except (InvalidSignature, ValueError):
+        return False
+    return True

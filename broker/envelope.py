@@ -53,11 +53,15 @@ class Envelope:
     body: dict[str, Any]
     signature: bytes | None
 
-    def to_bytes(self) -> bytes:
+    def wire(self) -> dict[str, Any]:
+        """The envelope as the JSON object that travels (and that a log entry carries)."""
         wire: dict[str, Any] = {"body": self.body}
         if self.signature is not None:
             wire["signature"] = b64e(self.signature)
-        return canonical(wire)
+        return wire
+
+    def to_bytes(self) -> bytes:
+        return canonical(self.wire())
 
 
 def seal(

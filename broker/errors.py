@@ -3,6 +3,7 @@
     BrokerError                      anything this package raises
     ├── BrokerUnavailable            RabbitMQ cannot be reached or dropped us
     ├── ReplyTimeout                 no answer in time (the command may still apply)
+    ├── ConfigurationError           a key, URL or certificate this process needs is missing
     ├── MalformedMessage             bytes that do not parse into one of our models
     ├── ContentError                 content crypto: a document, segment or manifest does not check out
     │   ├── DecryptionFailed         a segment does not decrypt (wrong key, tampered bytes)
@@ -21,7 +22,7 @@ back into the registered class so callers can catch what they expect.
 from __future__ import annotations
 
 __all__ = [
-    "BrokerError", "BrokerUnavailable", "ReplyTimeout", "MalformedMessage", "CommandRejected",
+    "BrokerError", "BrokerUnavailable", "ReplyTimeout", "ConfigurationError", "MalformedMessage", "CommandRejected",
     "ContentError", "DecryptionFailed", "ProofInvalid", "SignatureInvalid",
     "RemoteError", "rejection", "CODES",
 ]
@@ -37,6 +38,10 @@ class BrokerUnavailable(BrokerError):
 
 class ReplyTimeout(BrokerError):
     """No reply arrived in time."""
+
+
+class ConfigurationError(BrokerError):
+    """Something a process needs is not configured (a key, a URL, a certificate)."""
 
 
 class MalformedMessage(BrokerError):
@@ -126,6 +131,9 @@ DisputeRejected = _code("dispute_rejected", "The evidence does not show the prov
 BadChallenge = _code("bad_challenge", "The login challenge is invalid, expired or wrongly signed.")
 Lagging = _code("lagging", "The replica has not yet applied the requested sequence.")
 UnknownQuery = _code("unknown_query", "No such read query.")
+TooManyAttempts = _code("too_many_attempts", "Too many requests of this kind for this account; wait and retry.")
+Busy = _code("busy", "The ledger is busy with other requests; retry a little later.")
+NotCertified = _code("not_certified", "The replica's key is not in the operator's current roster.")
 
 
 class RemoteError(CommandRejected):

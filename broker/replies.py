@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict
 
 from broker import errors
@@ -12,7 +13,12 @@ __all__ = ["Reply", "parse_reply"]
 
 
 class Reply(BaseModel):
-    """``ok`` with the event sequence (commands) or a result (queries); else a coded error."""
+    """``ok`` with the event sequence (commands) or a result (queries); else a coded error.
+
+    Every reply a replica sends is signed by it (``signer``, ``signature``) and bound to the
+    request it answers (``request``: the SHA-256 of the request's bytes), so a client believes
+    only an answer a certified replica gave to exactly what it asked (see broker.trust).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     type: str = "reply"
@@ -23,9 +29,20 @@ class Reply(BaseModel):
     result: dict[str, Any] = {}
     error: dict[str, str] | None = None
     served_by: str | None = None
+    request: str | None = None
+    signer: str | None = None
+    signature: str | None = None
 
     def to_bytes(self) -> bytes:
         return canonical(self.model_dump(mode="json"))
+
+    def signing_bytes(self) -> bytes:
+        return canonical(self.model_dump(mode="json", exclude={"signature"}))
+
+    def signed_by(self, key: Ed25519PrivateKey, signer: str, request: str) -> Reply:
+        """This reply bound to ``request`` (a digest) and signed by replica ``signer``."""
+        bound = self.model_copy(update={"request": request, "signer": signer, "signature": None})
+        return bound.model_copy(update={"signature": key.sign(bound.signing_bytes()).hex()})
 
     def unwrap(self) -> Reply:
         """Return self when ok, else raise the registered rejection."""

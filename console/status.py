@@ -2,34 +2,66 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import pika.exceptions
 
 from broker.client import connect
-from broker.topology import Names, declare
+from broker.errors import BrokerError, BrokerUnavailable
+from broker.topology import Names
+from broker.trust import Trust, check_signed
 
-__all__ = ["collect_status"]
+__all__ = ["collect_status", "verified_status"]
+
+log = logging.getLogger(__name__)
 
 
-def collect_status(url: str, names: Names, wait: float = 2.5) -> list[dict[str, Any]]:
-    """The latest status of every replica heard from within ``wait`` seconds, with lag filled in."""
+def verified_status(trust: Trust, body: bytes) -> dict[str, Any] | None:
+    """A status message when a certified replica signed it about itself; None for anything else."""
+    try:
+        status = json.loads(body)
+        signer = check_signed(trust, status)
+    except (ValueError, RecursionError, BrokerError):
+        return None
+    if not isinstance(status, dict) or status.get("replica") != signer or not isinstance(status.get("seq"), int):
+        return None
+    status.pop("signature", None)
+    return status
+
+
+def collect_status(url: str, names: Names, wait: float = 2.5, *, trust: Trust | None = None,
+                   home: Path | None = None) -> list[dict[str, Any]]:
+    """The latest verified status of every replica heard from within ``wait`` seconds, with lag filled in.
+
+    Only statuses signed by a replica the operator's roster certifies are shown; others are dropped
+    (and counted in the log). ``trust`` defaults to the operator key and roster under ``home``
+    (or ``ACB_HOME``), read afresh so a replica added a moment ago is known.
+    """
+    if trust is None:
+        trust = Trust.load(home) if home is not None else Trust.from_env()
     conn = connect(url, name="acb-status-reader")
     latest: dict[str, dict[str, Any]] = {}
+    forged = 0
     try:
         ch = conn.channel()
-        declare(ch, names)
         queue = ch.queue_declare("", exclusive=True, auto_delete=True).method.queue
-        ch.queue_bind(queue, names.status)
+        try:
+            ch.queue_bind(queue, names.status)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == 404:
+                return []  # no replica has ever started under this prefix: nobody to hear from
+            raise BrokerUnavailable(f"the broker refused to show the replicas' status: {exc.reply_text}") from exc
         deadline = time.monotonic() + wait
         for method, _props, body in ch.consume(queue, auto_ack=True, inactivity_timeout=0.1):
             if method is not None:
-                try:
-                    status = json.loads(body)
+                status = verified_status(trust, body)
+                if status is None:
+                    forged += 1
+                else:
                     latest[status["replica"]] = status
-                except (ValueError, KeyError):
-                    continue
             if time.monotonic() >= deadline:
                 break
     finally:
@@ -37,6 +69,8 @@ def collect_status(url: str, names: Names, wait: float = 2.5) -> list[dict[str, 
             conn.close()
         except (pika.exceptions.AMQPError, OSError):
             pass
+    if forged:
+        log.warning("%d status messages not signed by a certified replica were ignored", forged)
     head = max((s["seq"] for s in latest.values()), default=0)
     for s in latest.values():
         s["lag"] = head - s["seq"]

@@ -1,7 +1,11 @@
 """Audit replay: rebuild a store's state from its log in a fresh process and check it.
 
 Checks, over the whole log: the hash chain links every event to the one
-before; each sale's hold resolves at most once (settled, voided or refunded,
+before; given the operator's public key, every entry is signed by a replica
+the operator certified at that point, and every event that moves a user's
+money carries the command that user (or the operator) signed, matching it
+(:mod:`ledger.authority`), so no replica has to be trusted; each sale's hold
+resolves at most once (settled, voided or refunded,
 never two of these); no key reaches a consumer except in a settle event, and
 only after the provider escrowed one; no command id has its effect twice; and
 at the end (and every ``check_every`` events) money is conserved and holds add
@@ -15,7 +19,8 @@ from typing import Any
 from ledger import events as ev
 from ledger.errors import ChainBroken
 from ledger.events import parse_event
-from ledger.log import replay_row
+from ledger.authority import entry_problem
+from ledger.log import LogEntry, replay_row, signature_problem
 from ledger.model import OPEN, State, invariant_violations, state_from_dict, state_hash
 from ledger.store import Store
 
@@ -32,6 +37,8 @@ class AuditReport:
     from_snapshot: int | None = None
     violations: list[str] = field(default_factory=list)
     command_ids: set[str] = field(default_factory=set)
+    signed_entries: int = 0  # entries whose writer's signature (and command's signer) were checked
+    signatures_checked: bool = False
 
     @property
     def ok(self) -> bool:
@@ -40,7 +47,7 @@ class AuditReport:
     def as_dict(self) -> dict[str, Any]:
         return {"store": self.store, "events": self.events, "head_seq": self.head_seq, "head_hash": self.head_hash,
                 "state_hash": self.state_hash, "from_snapshot": self.from_snapshot, "violations": self.violations,
-                "ok": self.ok}
+                "signed_entries": self.signed_entries, "signatures_checked": self.signatures_checked, "ok": self.ok}
 
 
 def replay(store: Store, upto: int | None = None, *, use_snapshot: bool = False) -> State:
@@ -56,9 +63,36 @@ def replay(store: Store, upto: int | None = None, *, use_snapshot: bool = False)
     return state
 
 
-def audit(store: Store, *, use_snapshot: bool = False, check_every: int = 1000) -> AuditReport:
-    """Replay the whole log and report every violation found (empty list: the store is sound)."""
-    report = AuditReport(store.safe_url)
+def _entry_violation(before: State, group: list[Any], operator_key: bytes) -> str | None:
+    """What is wrong with the stored rows of one entry, checked against the entry its writer signed."""
+    last = group[-1]
+    try:
+        entry = LogEntry.model_validate(last.entry)
+        events = [parse_event(e) for e in entry.events]
+    except ValueError as exc:
+        return f"seq {last.seq}: the stored signed entry does not parse: {str(exc)[:200]}"
+    if not events:
+        return f"seq {last.seq}: the stored signed entry has no events"
+    unsigned = signature_problem(before, entry, events[0], operator_key)
+    if unsigned is not None:
+        return f"seq {group[0].seq}: {unsigned[1]}"
+    stored = ([r.payload for r in group], group[0].seq, group[0].prev_hash, last.command_id, last.reply)
+    signed = ([e.model_dump(mode="json") for e in events], entry.expected_seq, entry.prev_hash, entry.command_id,
+              entry.reply)
+    if stored != signed or any(r.epoch != entry.epoch or r.at_ms != entry.at_ms for r in group):
+        return f"seq {group[0].seq}: the stored events are not the ones their writer signed"
+    problem = entry_problem(before, entry.command_id, entry.command, entry.at_ms, events, operator_key)
+    return f"seq {group[0].seq}: {problem}" if problem is not None else None
+
+
+def audit(store: Store, *, use_snapshot: bool = False, check_every: int = 1000,
+          operator_key: bytes | None = None) -> AuditReport:
+    """Replay the whole log and report every violation found (empty list: the store is sound).
+
+    With ``operator_key`` every entry's signatures are checked too: whose replica wrote it, and
+    whose command stands behind its events.
+    """
+    report = AuditReport(store.safe_url, signatures_checked=operator_key is not None)
     state = State()
     first = next(store.rows(after=0, batch=1), None)
     if first is not None and first.seq > 1 and not use_snapshot:
@@ -83,8 +117,13 @@ def audit(store: Store, *, use_snapshot: bool = False, check_every: int = 1000) 
     resolved: dict[str, int] = {}
     escrowed: set[str] = {sid for sid, s in state.sales.items() if s.key_commitment}
     commands_seen: dict[str, int] = {}
+    group: list[Any] = []  # rows of the entry being read, and the state before it
+    before = state
     try:
         for row in store.rows(after=state.seq):
+            if not group:
+                before = state
+            group.append(row)
             event = parse_event(row.payload)
             before = state.sales.get(getattr(event, "sale_id", ""), None)
             if isinstance(event, (ev.SaleSettled, ev.SaleVoided)):
@@ -106,8 +145,18 @@ def audit(store: Store, *, use_snapshot: bool = False, check_every: int = 1000) 
                 report.command_ids.add(row.command_id)
             state = replay_row(state, row)
             report.events += 1
+            if row.entry is not None:
+                if operator_key is not None:
+                    problem = _entry_violation(before, group, operator_key)
+                    if problem is not None:
+                        report.violations.append(problem)
+                    report.signed_entries += 1
+                group = []
             if check_every and row.seq % check_every == 0:
                 report.violations.extend(f"seq {row.seq}: {v}" for v in invariant_violations(state))
+        if group and operator_key is not None:
+            report.violations.append(f"seq {group[0].seq}..{group[-1].seq}: no signed entry stands behind these "
+                                     f"events")
     except ChainBroken as exc:
         report.violations.append(f"hash chain broken: {exc}")
     report.violations.extend(invariant_violations(state))

@@ -64,9 +64,10 @@ def audit_verify(args: argparse.Namespace, settings: Any) -> int:
     from ledger.audit import audit
     from ledger.store import Store
 
+    operator_key = _operator_key(args, settings)
     store = Store(args.store, create=False)
     try:
-        report = audit(store, use_snapshot=args.from_snapshot)
+        report = audit(store, use_snapshot=args.from_snapshot, operator_key=operator_key)
     finally:
         store.close()
     if args.json:
@@ -80,14 +81,36 @@ def audit_verify(args: argparse.Namespace, settings: Any) -> int:
                                                          if report.from_snapshot else " from zero"))
         print(f"head        seq {report.head_seq}, hash {report.head_hash[:16]}…")
         print(f"state hash  {report.state_hash}")
+        print(f"signatures  {report.signed_entries} entries: each signed by a certified replica, each movement "
+              "of money by the signature of whoever it belongs to")
         if report.ok:
-            print("verdict     OK: hash chain intact, money conserved, every hold resolved at most once, "
-                  "keys released only by settle events, no command applied twice")
+            print("verdict     OK: hash chain intact, every entry signed and authorized, money conserved, every hold "
+                  "resolved at most once, keys released only by settle events, no command applied twice")
         else:
             print(f"verdict     {len(report.violations)} VIOLATION(S):")
             for v in report.violations[:50]:
                 print(f"  - {v}")
     return 0 if report.ok else 1
+
+
+def _operator_key(args: argparse.Namespace, settings: Any) -> bytes:
+    """The operator's public key the audit trusts: ``--operator-key`` (hex, or a file holding it), else the one
+    kept in the system directory."""
+    from pathlib import Path
+
+    from broker.trust import Trust
+
+    given = getattr(args, "operator_key", None)
+    if given:
+        text = Path(given).read_text().strip() if Path(given).exists() else given.strip()
+        try:
+            key = bytes.fromhex(text)
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            raise StoreError("--operator-key must be the operator's public key: 64 hex digits, or a file holding them")
+        return key
+    return Trust.load(settings.home).operator_key
 
 
 def audit_balance(args: argparse.Namespace, settings: Any) -> int:
@@ -129,3 +152,55 @@ def audit_hash(args: argparse.Namespace, settings: Any) -> int:
     result = {"store": store.safe_url, "seq": state.seq, "state_hash": state_hash(state)}
     print(json.dumps(result, sort_keys=True) if args.json else f"seq {state.seq}: {result['state_hash']}")
     return 0 if args.at is None or state.seq == args.at else 1
+
+
+def operator_replica(args: argparse.Namespace, settings: Any) -> int:
+    """``acb operator replica add|remove|list ID``: certify a replica, or withdraw it, without stopping the others.
+
+    The roster is signed with the operator key kept here and sent to the ledger as a ``set_roster`` command, so
+    every replica and client knows it at once; it is also kept in ``system/roster.json``.
+    """
+    import json
+
+    from ledger.keys import certify_replica, load_roster, remove_replica, replica_key_path
+
+    action = args.replica_action
+    if action == "list":
+        roster = load_roster(settings.home)
+        data = {"serial": roster.serial if roster else 0, "replicas": sorted(roster.replicas) if roster else []}
+        print(json.dumps(data, sort_keys=True) if args.json else
+              f"roster {data['serial']}: " + (", ".join(data["replicas"]) or "no replica certified yet"))
+        return 0
+    roster = certify_replica(settings.home, args.id) if action == "add" else remove_replica(settings.home, args.id)
+    sent = _send_roster(settings, roster, timeout=args.timeout)
+    data = {"replica": args.id, "action": action, "serial": roster.serial, "replicas": sorted(roster.replicas),
+            "sent_to_ledger": sent, "key_file": str(replica_key_path(settings.home, args.id))}
+    if args.json:
+        print(json.dumps(data, sort_keys=True))
+    else:
+        verb = "certified" if action == "add" else "removed"
+        print(f"replica {args.id} {verb}: roster {roster.serial} lists {', '.join(data['replicas']) or 'no replica'}")
+        if action == "add":
+            print(f"its key is {data['key_file']}: copy it, with {settings.home / 'system'}, to the replica's machine")
+        print("the ledger has the new roster" if sent else
+              "no ledger answered: the next primary announces this roster when it starts")
+    return 0
+
+
+def _send_roster(settings: Any, roster: Any, *, timeout: float) -> bool:
+    from broker import commands as c
+    from broker.client import BrokerClient
+    from broker.envelope import seal
+    from broker.errors import BrokerError
+    from broker.trust import Trust
+    from ledger.keys import load_operator_key
+
+    env = seal(c.SetRoster(roster=roster.to_wire()), sender=c.OPERATOR, key=load_operator_key(settings.home))
+    try:
+        url = getattr(settings, "operator_broker_url", None) or settings.broker_url
+        with BrokerClient(url, settings.names, trust=Trust.load(settings.home)) as client:
+            client.request(env, timeout=timeout).unwrap()
+    except BrokerError as exc:
+        logging.getLogger(__name__).info("roster not sent: %s", exc)
+        return False
+    return True

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 __all__ = [
     "Event", "EVENT_ADAPTER", "parse_event", "UPCASTERS", "EpochStarted", "UserRegistered", "Deposited",
     "FeeSet", "DocumentPublished", "DocumentUnpublished", "PriceChanged", "SaleOpened", "KeyEscrowed",
-    "SaleSettled", "IntervalSettled", "SaleVoided", "DisputeResolved",
+    "SaleSettled", "IntervalSettled", "SaleVoided", "DisputeResolved", "RosterChanged", "KeystoreChanged",
 ]
 
 
@@ -29,6 +29,23 @@ class EpochStarted(_Event):
     type: Literal["epoch_started"] = "epoch_started"
     epoch: int
     replica: str
+    # The operator-signed roster the new primary knows, when newer than the log's (see broker.trust).
+    roster: dict[str, Any] | None = None
+
+
+class RosterChanged(_Event):
+    """The operator certified a new set of replica keys (a replica added or removed)."""
+
+    type: Literal["roster_changed"] = "roster_changed"
+    roster: dict[str, Any]
+
+
+class KeystoreChanged(_Event):
+    """A user stored a re-wrapped keystore (same keys)."""
+
+    type: Literal["keystore_changed"] = "keystore_changed"
+    login: str
+    keystore: str
 
 
 class UserRegistered(_Event):
@@ -150,6 +167,7 @@ Event = Annotated[
     Union[
         EpochStarted, UserRegistered, Deposited, FeeSet, DocumentPublished, DocumentUnpublished,
         PriceChanged, SaleOpened, KeyEscrowed, SaleSettled, IntervalSettled, SaleVoided, DisputeResolved,
+        RosterChanged, KeystoreChanged,
     ],
     Field(discriminator="type"),
 ]

@@ -10,6 +10,7 @@ confirmed that a crash could take back.
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
@@ -20,13 +21,16 @@ from collections.abc import Callable
 from typing import Any
 
 import pika.exceptions
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.client import connect
 from broker.codec import canonical
+from broker.errors import BrokerError
 from broker.topology import Names, declare
+from broker.trust import Trust, check_signed, signed
 from ledger.connected import BROKER_TROUBLE, keep_connected
 from ledger.errors import ChainBroken
-from ledger.log import ACCEPTED, HALT, LogBatch, LogEntry, Outcome, fold_entry, replay_row
+from ledger.log import ACCEPTED, HALT, LogBatch, Outcome, fold_entry, replay_row
 from ledger.model import State, state_from_dict, state_hash, state_to_dict
 from ledger.store import Row, Store
 
@@ -34,13 +38,19 @@ __all__ = ["Follower"]
 
 log = logging.getLogger(__name__)
 _GROUP = 512  # stream messages folded per store transaction at most
+_MAX_SNAPSHOT_BYTES = 1 << 30  # a shared snapshot larger than this when inflated is refused unread
 
 
 class Follower:
     """Keeps ``state`` equal to the log, durable in ``store``."""
 
-    def __init__(self, store: Store, url: str, names: Names, replica_id: str, *, snapshot_every: int = 5000) -> None:
+    def __init__(self, store: Store, url: str, names: Names, replica_id: str, trust: Trust,
+                 key: Ed25519PrivateKey | None = None, *, snapshot_every: int = 5000) -> None:
         self.store = store
+        self.trust = trust
+        self.key = key  # signs the snapshots this replica shares
+        # Entries and messages ignored (forged, unsigned, fenced, duplicates...), by kind: counted, never fatal.
+        self.ignored: collections.Counter[str] = collections.Counter()
         self.url = url
         self.names = names
         self.replica_id = replica_id
@@ -101,11 +111,8 @@ class Follower:
                 if method is None:
                     break
                 ch.basic_ack(method.delivery_tag)
-                try:
-                    record = json.loads(zlib.decompress(body))
-                except (ValueError, zlib.error):
-                    continue
-                if newest is None or record["seq"] > newest["seq"]:
+                record = self._verified_snapshot(body)
+                if record is not None and (newest is None or record["seq"] > newest["seq"]):
                     newest = record
         finally:
             try:
@@ -114,9 +121,16 @@ class Follower:
                 pass
         if newest is None:
             return False
-        state = state_from_dict(newest["state"])
-        if state_hash(state) != newest["state_hash"] or state.seq != newest["seq"]:
-            log.error("shared snapshot at seq %s fails its hash check; replaying the whole log", newest["seq"])
+        try:
+            state = state_from_dict(newest["state"])
+            if state_hash(state) != newest["state_hash"] or state.seq != newest["seq"]:
+                raise ValueError("its state does not hash to what its signer signed")
+            if state.roster is None or state.roster.key_of(newest["signer"]) is None:
+                raise ValueError("its own roster does not certify its signer")
+            state.roster.verify(self.trust.operator_key)
+        except (ValueError, TypeError, KeyError, AttributeError, BrokerError) as exc:
+            self.ignored["snapshot"] += 1
+            log.error("shared snapshot at seq %s refused (%s); replaying the whole log", newest.get("seq"), exc)
             return False
         self.store.save_snapshot(state.seq, newest["state_hash"], newest["stream_offset"], newest["state"],
                                  int(time.time() * 1000))
@@ -126,6 +140,31 @@ class Follower:
         log.warning("replica %s joined from the snapshot at seq %d (log offset %d)", self.replica_id, state.seq,
                     newest["stream_offset"])
         return True
+
+    def _verified_snapshot(self, body: bytes) -> dict[str, Any] | None:
+        """A shared snapshot's record when a certified replica signed it, else None (counted)."""
+        try:
+            inflater = zlib.decompressobj()
+            raw = inflater.decompress(body, _MAX_SNAPSHOT_BYTES)
+            if inflater.unconsumed_tail:
+                raise ValueError("larger than a snapshot may be")
+            record = json.loads(raw)
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+            head = record.get("head")
+            check_signed(self.trust, head)
+            if not (isinstance(head, dict) and isinstance(record.get("state"), dict)
+                    and head.get("state_hash") == hashlib.sha256(canonical(record["state"])).hexdigest()):
+                raise ValueError("its state is not the one signed")
+            seq, offset = head.get("seq"), head.get("stream_offset")
+            if not (isinstance(seq, int) and isinstance(offset, int) and seq >= 0 and offset >= 0):
+                raise ValueError("seq or stream offset missing")
+        except (ValueError, zlib.error, RecursionError, BrokerError) as exc:
+            self.ignored["snapshot"] += 1
+            log.warning("a shared snapshot was refused: %s", exc)
+            return None
+        return {"seq": seq, "state_hash": head["state_hash"], "stream_offset": offset, "state": record["state"],
+                "signer": head["signer"]}
 
     # -- waiting ---------------------------------------------------------------------------------
     def remember_fold(self, entry_id: str, before: State, result: tuple[Outcome, State, list[Row]]) -> None:
@@ -211,7 +250,8 @@ class Follower:
                 batch = LogBatch.model_validate_json(body)
             except ValueError as exc:
                 # Every replica skips the same unreadable message, so they stay identical.
-                log.error("log message at offset %d is not a log batch, skipped: %s", offset, exc)
+                self.ignored["malformed"] += 1
+                log.warning("log message at offset %d is not a log batch, skipped: %s", offset, str(exc)[:200])
                 continue
             for entry in batch.entries:
                 folded = self._folded.pop(entry.entry_id, None)
@@ -220,16 +260,21 @@ class Follower:
                     # fold_entry is pure, so its result stands (the identity check makes sure).
                     outcome, new_state, new_rows = folded[1]
                 else:
-                    outcome, new_state, new_rows = fold_entry(state, entry)
+                    outcome, new_state, new_rows = fold_entry(state, entry, self.trust.operator_key)
                 if outcome.verdict == HALT:
                     last_offset = offset - 1
                     self._commit(state, rows, outcomes, last_offset)
                     self._halt(f"at stream offset {offset}: {outcome.reason}")
                     return
                 if outcome.verdict != ACCEPTED:
-                    log.info("entry %s ignored: %s", entry.entry_id, outcome.reason)
+                    self.ignored[outcome.kind or "other"] += 1
+                    log.info("entry %s ignored: %s", entry.entry_id[:40], outcome.reason[:300])
+                    if outcome.kind not in ("fenced", "duplicate"):
+                        # Only entries this replica's own primary may be waiting for carry news worth keeping;
+                        # a forged copy of an id must never overwrite the real entry's outcome.
+                        continue
                 state, rows = new_state, rows + new_rows
-                outcomes[entry.entry_id] = outcome
+                outcomes.setdefault(entry.entry_id, outcome)
         self._commit(state, rows, outcomes, last_offset)
 
     def _commit(self, state: State, rows: list[Row], outcomes: dict[str, Outcome], last_offset: int) -> None:
@@ -243,7 +288,7 @@ class Follower:
             self.next_offset = last_offset + 1
             self.applied_events += len(rows)
             for entry_id, outcome in outcomes.items():
-                if entry_id in self._expected:
+                if entry_id in self._expected and self._expected[entry_id] is None:  # the first verdict stands
                     self._expected[entry_id] = outcome
             self._cond.notify_all()
         due = self.snapshot_every and state.seq - self._last_snapshot >= self.snapshot_every
@@ -261,10 +306,12 @@ class Follower:
             picture = state_to_dict(state)
             digest = hashlib.sha256(canonical(picture)).hexdigest()  # == state_hash(state), computed once
             self.store.save_snapshot(state.seq, digest, offset, picture, int(time.time() * 1000))
-            if share:
+            if share and self.key is not None:
                 conn = connect(self.url, heartbeat=5, name=f"acb-snapshot-{self.replica_id}")
                 try:
-                    record = {"seq": state.seq, "state_hash": digest, "stream_offset": offset, "state": picture}
+                    head = signed(self.key, self.replica_id,
+                                  {"seq": state.seq, "state_hash": digest, "stream_offset": offset})
+                    record = {"head": head, "state": picture}
                     conn.channel().basic_publish("", self.names.snapshots, zlib.compress(canonical(record), 3),
                                                  pika.BasicProperties(delivery_mode=2))
                 finally:
@@ -285,6 +332,4 @@ class Follower:
             self._cond.notify_all()
 
 
-def entry_of(batch_body: bytes) -> list[LogEntry]:
-    """Entries of one stream message (for tools that read the stream directly)."""
-    return list(LogBatch.model_validate_json(batch_body).entries)
+

@@ -19,8 +19,9 @@ from broker import commands as c
 from broker import content, errors
 from broker.codec import b64d, b64e
 from broker.envelope import Envelope, verify
-from broker.money import MAX_FEE_BPS, fee, interval_prices
+from broker.money import MAX_FEE_BPS, fee, format_minor, interval_prices
 from broker.sealing import SealError, escrow_info, open_sealed, release_info, seal_to
+from broker.trust import Roster
 from ledger import events as ev
 from ledger.model import OPEN, SETTLED, State
 
@@ -171,13 +172,18 @@ def _open_sale(state: State, sender: str, cmd: c.OpenSale, ctx: Context) -> Deci
     if doc.provider == sender:
         raise errors.OwnDocument(f"{sender} provides {cmd.doc_id} and cannot buy it")
     if cmd.price != doc.price:
-        raise errors.PriceChanged(f"price of {cmd.doc_id} is {doc.price}, not {cmd.price}")
+        raise errors.PriceChanged(f"now {format_minor(doc.price)}, you agreed to {format_minor(cmd.price)}")
     available = state.balance(sender)
     if available < doc.price:
         raise errors.InsufficientFunds(f"balance {available}, price {doc.price}")
     sale_fee = fee(doc.price, state.fee_bps)
     deadline = ctx.now_ms + ctx.hold_ttl_ms
     n = content.interval_count(content.segment_count_for(doc.size, doc.segment_size), doc.interval_segments)
+    if cmd.interval_prices is not None and list(cmd.interval_prices) != (interval_prices(doc.price, n) if n > 1
+                                                                           else [doc.price]):
+        shown = ", ".join(format_minor(p) for p in cmd.interval_prices)
+        now = ", ".join(format_minor(p) for p in (interval_prices(doc.price, n) if n > 1 else [doc.price]))
+        raise errors.PriceChanged(f"now {now} in {n} intervals, you agreed to {shown}")
     event = ev.SaleOpened(sale_id=cmd.sale_id, doc_id=doc.doc_id, consumer=sender, provider=doc.provider,
                           price=doc.price, fee=sale_fee, deadline_ms=deadline, intervals=n,
                           interval_segments=doc.interval_segments if n > 1 else 0, fee_bps=state.fee_bps)
@@ -321,6 +327,22 @@ def _dispute(state: State, sender: str, cmd: c.FileDispute, ctx: Context) -> Dec
                               "reason": verdict.reason, "refund": event.refund, "penalty": event.penalty})
 
 
+def _set_roster(state: State, sender: str, cmd: c.SetRoster, ctx: Context) -> Decision:
+    """The operator certifies a new set of replica keys; only a newer roster than the one in force."""
+    _need_operator(sender, "change the replica roster")
+    roster = Roster.verified(cmd.roster, ctx.operator_key)
+    if state.roster is not None and roster.serial <= state.roster.serial:
+        raise errors.NotAuthorized(f"roster {roster.serial} is not newer than the one in force ({state.roster.serial})")
+    return Decision([ev.RosterChanged(roster=cmd.roster)], {"serial": roster.serial,
+                                                                 "replicas": sorted(roster.replicas)})
+
+
+def _change_keystore(state: State, sender: str, cmd: c.ChangeKeystore, ctx: Context) -> Decision:
+    if sender not in state.users:
+        raise errors.UnknownUser(f"no user {sender!r}")
+    return Decision([ev.KeystoreChanged(login=sender, keystore=cmd.keystore)], {"login": sender})
+
+
 def expire_holds(state: State, now_ms: int) -> list[Any]:
     """Voids for every open sale past its deadline, by the primary's clock (never a backup's)."""
     return [
@@ -334,4 +356,5 @@ _HANDLERS: dict[type, Any] = {
     c.RegisterUser: _register, c.Deposit: _deposit, c.SetFee: _set_fee, c.PublishDocument: _publish,
     c.Unpublish: _unpublish, c.ChangePrice: _change_price, c.OpenSale: _open_sale, c.EscrowKey: _escrow,
     c.SettleSale: _settle, c.SettleInterval: _settle_interval, c.VoidSale: _void, c.FileDispute: _dispute,
+    c.SetRoster: _set_roster, c.ChangeKeystore: _change_keystore,
 }

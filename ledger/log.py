@@ -20,14 +20,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict
 
+from broker import errors
+from broker.codec import canonical
+from broker.trust import Roster
+from ledger.authority import entry_problem
 from ledger.chain import chain_hash
 from ledger.events import EpochStarted, parse_event
 from ledger.model import Record, State, apply
 from ledger.store import Row
 
-__all__ = ["LogEntry", "LogBatch", "Outcome", "fold_entry", "replay_row", "ACCEPTED", "IGNORED", "HALT"]
+__all__ = ["LogEntry", "LogBatch", "Outcome", "fold_entry", "replay_row", "signature_problem", "ACCEPTED", "IGNORED",
+           "HALT"]
 
 ACCEPTED, IGNORED, HALT = "accepted", "ignored", "halt"
 
@@ -43,6 +50,14 @@ class LogEntry(BaseModel):
     command_id: str | None = None
     reply: dict[str, Any] | None = None
     events: list[dict[str, Any]]
+    command: dict[str, Any] | None = None  # the user's (or operator's) signed envelope behind the events
+    signature: str = ""  # the writer's certified key over everything above (see signing_bytes)
+
+    def signing_bytes(self) -> bytes:
+        return canonical(self.model_dump(mode="json", exclude={"signature"}))
+
+    def signed_by(self, key: Ed25519PrivateKey) -> LogEntry:
+        return self.model_copy(update={"signature": key.sign(self.signing_bytes()).hex()})
 
 
 class LogBatch(BaseModel):
@@ -58,32 +73,85 @@ class Outcome:
     reason: str = ""
     first_seq: int = 0
     last_seq: int = 0
+    kind: str = ""  # a short name of why it was ignored, for counting (unsigned, uncertified, fenced, ...)
 
 
-def fold_entry(state: State, entry: LogEntry) -> tuple[Outcome, State, list[Row]]:
-    """Apply one entry if it is valid: the outcome, the new state and the rows to store."""
+def _ignored(kind: str, reason: str) -> Outcome:
+    return Outcome(IGNORED, reason, kind=kind)
+
+
+def _writer_key(state: State, entry: LogEntry, first: Any, operator_key: bytes) -> tuple[bytes | None, str]:
+    """The key the entry must be signed with: the writer's in the roster in force, or in the newer
+    operator-signed roster an epoch announcement brings."""
+    roster = state.roster
+    if isinstance(first, EpochStarted) and first.roster is not None:
+        try:
+            offered = Roster.verified(first.roster, operator_key)
+        except errors.CommandRejected as exc:
+            return None, f"the announcement's roster: {exc}"
+        if roster is None or offered.serial > roster.serial:
+            roster = offered
+    if roster is None:
+        return None, "no replica roster is in force yet"
+    key = roster.key_of(entry.writer)
+    return key, "" if key is not None else f"writer {entry.writer[:40]!r} is not a certified replica"
+
+
+def signature_problem(state: State, entry: LogEntry, first: Any, operator_key: bytes) -> tuple[str, str] | None:
+    """(kind, reason) when ``entry`` is not signed by a replica certified in ``state`` (or in the roster it
+    brings); None when it is."""
+    key, why = _writer_key(state, entry, first, operator_key)
+    if key is None:
+        return "uncertified", why
+    if not entry.signature:
+        return "unsigned", f"entry of {entry.writer} is not signed"
+    try:
+        Ed25519PublicKey.from_public_bytes(key).verify(bytes.fromhex(entry.signature), entry.signing_bytes())
+    except (InvalidSignature, ValueError):
+        return "bad_signature", f"signature of {entry.writer} does not verify"
+    return None
+
+
+def fold_entry(state: State, entry: LogEntry, operator_key: bytes) -> tuple[Outcome, State, list[Row]]:
+    """Apply one entry if it is valid: the outcome, the new state and the rows to store.
+
+    Nothing that is not signed by a certified replica, and backed by the signature of whoever may
+    ask for its events, is ever applied; such entries are ignored (and counted by the caller), so a
+    stranger can neither change the state nor halt a replica. Only a validly signed entry of the
+    current primary that does not continue this replica's chain halts it.
+    """
     try:
         events = [parse_event(e) for e in entry.events]
     except ValueError as exc:
-        return Outcome(IGNORED, f"unparseable event: {exc}"), state, []
+        return _ignored("malformed", f"unparseable event: {exc}"), state, []
     if not events:
-        return Outcome(IGNORED, "empty entry"), state, []
+        return _ignored("malformed", "empty entry"), state, []
     first = events[0]
+    unsigned = signature_problem(state, entry, first, operator_key)
+    if unsigned is not None:
+        return _ignored(*unsigned), state, []
     if isinstance(first, EpochStarted):
         if len(events) != 1 or first.epoch != entry.epoch or first.replica != entry.writer:
-            return Outcome(IGNORED, "malformed epoch announcement"), state, []
+            return _ignored("malformed", "malformed epoch announcement"), state, []
         if entry.epoch <= state.epoch:
-            return Outcome(IGNORED, f"epoch {entry.epoch} is not above {state.epoch}"), state, []
+            return _ignored("fenced", f"epoch {entry.epoch} is not above {state.epoch}"), state, []
     else:
         if entry.epoch != state.epoch or entry.writer != state.primary:
-            return Outcome(IGNORED, f"fenced: epoch {entry.epoch} of {entry.writer}, current {state.epoch} "
-                                    f"of {state.primary}"), state, []
+            return _ignored("fenced", f"fenced: epoch {entry.epoch} of {entry.writer}, current {state.epoch} "
+                                      f"of {state.primary}"), state, []
         if entry.command_id is not None and entry.command_id in state.commands:
-            return Outcome(IGNORED, f"command {entry.command_id} already applied"), state, []
+            return _ignored("duplicate", f"command {entry.command_id} already applied"), state, []
+        if entry.expected_seq <= state.seq:
+            # An entry this replica is already past: a genuine old entry published again.
+            return _ignored("duplicate", f"entry for seq {entry.expected_seq} arrived again at {state.seq}"), \
+                state, []
         if entry.expected_seq != state.seq + 1 or entry.prev_hash != state.head_hash:
             return Outcome(HALT, f"primary {entry.writer} wrote at seq {entry.expected_seq} after "
                                  f"{entry.prev_hash[:12]}, this replica is at {state.seq} "
                                  f"{state.head_hash[:12]}: the logs diverge"), state, []
+    problem = entry_problem(state, entry.command_id, entry.command, entry.at_ms, events, operator_key)
+    if problem is not None:
+        return _ignored("unauthorized", problem), state, []
     rows: list[Row] = []
     first_seq = state.seq + 1
     for i, event in enumerate(events):
@@ -94,8 +162,10 @@ def fold_entry(state: State, entry: LogEntry) -> tuple[Outcome, State, list[Row]
         payload = event.model_dump(mode="json")
         digest = chain_hash(state.head_hash, seq=seq, epoch=entry.epoch, at_ms=entry.at_ms,
                             command_id=command_id, payload=payload, reply=reply)
+        # The last row of an entry keeps the whole signed entry, so an audit can check every signature.
+        signed = entry.model_dump(mode="json") if last else None
         rows.append(Row(seq, entry.epoch, entry.at_ms, command_id, event.type, event.schema_version, payload,
-                        reply, state.head_hash, digest))
+                        reply, state.head_hash, digest, signed))
         state = apply(state, Record(seq, entry.epoch, entry.at_ms, event, digest, command_id, reply))
     return Outcome(ACCEPTED, first_seq=first_seq, last_seq=state.seq), state, rows
 

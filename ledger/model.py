@@ -18,6 +18,7 @@ from pyrsistent import PMap, pmap, pvector
 
 from broker.codec import canonical
 from broker.money import DEFAULT_FEE_BPS, format_minor
+from broker.trust import Roster
 from ledger import events as ev
 
 __all__ = [
@@ -131,6 +132,7 @@ class State:
     sales: PMap = field(default_factory=pmap)
     commands: PMap = field(default_factory=pmap)  # command id -> {"seq", "result"}: the first answer
     flows: PMap = field(default_factory=pmap)  # account -> PVector[Flow]
+    roster: Roster | None = None  # the operator-signed replica keys in force (checked before it got here)
 
     def balance(self, account: str) -> int:
         return int(self.balances.get(account, 0))
@@ -167,9 +169,30 @@ def _move(state: State, *moves: tuple[str, int, Flow]) -> State:
     return state
 
 
+def _newer_roster(state: State, wire: dict[str, Any] | None) -> State:
+    # Only ever forward: an older roster (a stale announcement) leaves the one in force alone.
+    if wire is None:
+        return state
+    roster = Roster.from_wire(wire)
+    if state.roster is not None and roster.serial <= state.roster.serial:
+        return state
+    return dataclasses.replace(state, roster=roster)
+
+
 @_mutate.register
 def _(e: ev.EpochStarted, state: State, rec: Record) -> State:
-    return dataclasses.replace(state, epoch=e.epoch, primary=e.replica)
+    return dataclasses.replace(_newer_roster(state, e.roster), epoch=e.epoch, primary=e.replica)
+
+
+@_mutate.register
+def _(e: ev.RosterChanged, state: State, rec: Record) -> State:
+    return _newer_roster(state, e.roster)
+
+
+@_mutate.register
+def _(e: ev.KeystoreChanged, state: State, rec: Record) -> State:
+    user = state.users[e.login]
+    return dataclasses.replace(state, users=state.users.set(e.login, dataclasses.replace(user, keystore=e.keystore)))
 
 
 @_mutate.register
@@ -339,6 +362,8 @@ def state_to_dict(state: State) -> dict[str, Any]:
     out["held"] = dict(state.held)
     out["commands"] = {k: dict(v) for k, v in state.commands.items()}
     out["flows"] = {k: [dataclasses.asdict(f) for f in v] for k, v in state.flows.items()}
+    if state.roster is not None:  # absent rather than null, so states from before rosters hash as they did
+        out["roster"] = state.roster.to_wire()
     return out
 
 
@@ -350,6 +375,8 @@ def state_from_dict(data: dict[str, Any]) -> State:
     kwargs["held"] = pmap(data["held"])
     kwargs["commands"] = pmap(data["commands"])
     kwargs["flows"] = pmap({k: pvector(Flow(**f) for f in v) for k, v in data["flows"].items()})
+    if data.get("roster") is not None:
+        kwargs["roster"] = Roster.from_wire(data["roster"])
     return State(**kwargs)
 
 

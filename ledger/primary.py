@@ -25,12 +25,14 @@ from typing import Any
 
 import pika
 import pika.exceptions
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker import errors
 from broker.client import connect
 from broker.envelope import Envelope, open_envelope
 from broker.replies import Reply
 from broker.topology import Names, declare
+from broker.trust import Trust, digest, raw_public
 from ledger.errors import LedgerError
 from ledger.events import EpochStarted
 from ledger.follower import Follower
@@ -57,8 +59,11 @@ class Deposed(Exception):
 
 class CommandProcessor:
     def __init__(self, follower: Follower, url: str, names: Names, replica_id: str,
-                 context: Callable[[], Context], *, heartbeat: int = 2) -> None:
+                 context: Callable[[], Context], key: Ed25519PrivateKey, trust: Trust, *, heartbeat: int = 2) -> None:
         self.follower = follower
+        self.key = key
+        self.trust = trust
+        self._public = raw_public(key)
         self.url = url
         self.names = names
         self.replica_id = replica_id
@@ -75,8 +80,19 @@ class CommandProcessor:
         st = self.follower.state
         return self.epoch != 0 and st.epoch == self.epoch and st.primary == self.replica_id
 
+    def certified(self) -> bool:
+        """Whether this replica's key is in the newest roster known (the log's, or the operator's file)."""
+        roster, offered = self.follower.state.roster, self.trust.roster
+        if offered is not None and (roster is None or offered.serial > roster.serial):
+            roster = offered
+        return roster is not None and roster.key_of(self.replica_id) == self._public
+
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set() and self.follower.halted is None:
+            if not self.certified():
+                # A removed replica must not take commands it could never write: let the others have them.
+                stop.wait(0.5)
+                continue
             try:
                 self._serve(stop)
             except (pika.exceptions.AMQPError, OSError, errors.BrokerError, LedgerError) as exc:
@@ -115,6 +131,8 @@ class CommandProcessor:
             ch.basic_consume(self.names.commands, on_command)
             while not stop.is_set() and self.follower.halted is None:
                 conn.process_data_events(time_limit=0.1)
+                if not self.certified():
+                    raise Deposed("this replica is no longer in the operator's roster")
                 if not batch:
                     if self.epoch and not self.is_primary:
                         raise Deposed(f"epoch {self.follower.state.epoch} belongs to {self.follower.state.primary}")
@@ -136,7 +154,11 @@ class CommandProcessor:
         for _attempt in range(20):
             state = self.follower.state
             epoch = state.epoch + 1
-            entry = self._entry(state, epoch, [EpochStarted(epoch=epoch, replica=self.replica_id)], None, None)
+            offered = self.trust.roster
+            newer = offered is not None and (state.roster is None or offered.serial > state.roster.serial)
+            announcement = EpochStarted(epoch=epoch, replica=self.replica_id,
+                                        roster=offered.to_wire() if newer and offered is not None else None)
+            entry = self._entry(state, epoch, [announcement], None, None)
             outcome = self._write(log_ch, [entry])[entry.entry_id]
             if outcome is not None and outcome.verdict == ACCEPTED:
                 log.warning("replica %s is primary at epoch %d (log at seq %d)", self.replica_id, epoch,
@@ -147,12 +169,13 @@ class CommandProcessor:
         raise errors.BrokerUnavailable("could not get an epoch accepted in the log")
 
     def _entry(self, state: State, epoch: int, events: list[Any], command_id: str | None,
-               reply: dict[str, Any] | None) -> LogEntry:
+               reply: dict[str, Any] | None, command: Envelope | None = None) -> LogEntry:
         return LogEntry(
             entry_id=uuid.uuid4().hex, epoch=epoch, writer=self.replica_id, expected_seq=state.seq + 1,
             prev_hash=state.head_hash, at_ms=int(time.time() * 1000), command_id=command_id, reply=reply,
             events=[e.model_dump(mode="json") for e in events],
-        )
+            command=command.wire() if command is not None else None,
+        ).signed_by(self.key)
 
     def _write(self, log_ch: Any, entries: list[LogEntry]) -> dict[str, Any]:
         ids = [e.entry_id for e in entries]
@@ -178,7 +201,7 @@ class CommandProcessor:
         state = self.follower.state
         tentative = state
         entries: list[LogEntry] = []
-        replies: list[tuple[Any, Reply, LogEntry | None]] = []
+        replies: list[tuple[Any, Reply, LogEntry | None, bytes]] = []
         ticked = False
         for _method, props, body in batch:
             if props.type == TICK:
@@ -195,7 +218,7 @@ class CommandProcessor:
             if made is not None:
                 entries.append(made)
             if reply is not None:
-                replies.append((props, reply, made))
+                replies.append((props, reply, made, body))
         if entries:
             outcomes = self._write(log_ch, entries)
             lost = [e for e in entries if (outcomes.get(e.entry_id) is None
@@ -206,10 +229,10 @@ class CommandProcessor:
             final = {e.entry_id: outcomes[e.entry_id] for e in entries}
         else:
             final = {}
-        for props, reply, made in replies:
+        for props, reply, made, body in replies:
             if made is not None:
                 reply = reply.model_copy(update={"seq": final[made.entry_id].last_seq})
-            self._reply(ch, props, reply)
+            self._reply(ch, props, reply, body)
         ch.basic_ack(batch[-1][0].delivery_tag, multiple=True)
         self.commands_handled += len(replies)
 
@@ -254,12 +277,12 @@ class CommandProcessor:
                                                             code="internal"), me), None, tentative
         if not decision.events:
             return Reply(id=env.id, ok=True, seq=tentative.seq, result=decision.result, served_by=me), None, tentative
-        entry = self._entry(tentative, self.epoch, decision.events, env.id, decision.result)
+        entry = self._entry(tentative, self.epoch, decision.events, env.id, decision.result, env)
         tentative = self._fold(tentative, entry)
         return Reply(id=env.id, ok=True, result=decision.result, served_by=me), entry, tentative
 
     def _fold(self, tentative: State, entry: LogEntry) -> State:
-        result = fold_entry(tentative, entry)
+        result = fold_entry(tentative, entry, self.trust.operator_key)
         self.follower.remember_fold(entry.entry_id, tentative, result)
         return result[1]
 
@@ -268,9 +291,10 @@ class CommandProcessor:
         while len(self._rejected) > _REJECTED_MEMORY:
             self._rejected.popitem(last=False)
 
-    def _reply(self, ch: Any, props: Any, reply: Reply) -> None:
+    def _reply(self, ch: Any, props: Any, reply: Reply, request: bytes) -> None:
         if not props.reply_to:
             return
+        reply = reply.signed_by(self.key, self.replica_id, digest(request))
         ch.basic_publish("", props.reply_to, reply.to_bytes(),
                          pika.BasicProperties(correlation_id=props.correlation_id, content_type="application/json"))
 

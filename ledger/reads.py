@@ -19,6 +19,7 @@ from typing import Any
 
 import pika
 import pika.exceptions
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker import errors
 from broker import queries as q
@@ -26,6 +27,7 @@ from broker.client import connect
 from broker.envelope import Envelope, open_envelope, verify
 from broker.replies import Reply
 from broker.topology import BACKUP_PRIORITY, PRIMARY_PRIORITY, Names, declare
+from broker.trust import Trust, digest
 from catalog import Catalog
 from ledger.connected import keep_connected
 from ledger.follower import Follower
@@ -38,6 +40,10 @@ log = logging.getLogger(__name__)
 CHALLENGE_TTL_MS = 120_000
 _WAIT_SECONDS = 5.0  # how long a query may wait for this replica to reach its min_seq
 _MAX_WAITING = 10_000
+_MAX_WAITING_PER_CHANNEL = 16  # parked queries per reply channel: one client cannot fill the room
+# A query may wait for a sequence at most this far past what this replica has applied; anything further is
+# refused at once (no honest client is that far ahead of a replica that is following the log).
+MAX_AHEAD = 50_000
 _PRIVATE_OF = {"balance": "account", "flows": "account", "sales": "account"}
 
 
@@ -58,7 +64,16 @@ def _challenge_mac(keys: SystemKeys, text: str) -> str:
     return hmac.new(keys.challenge_secret(), text.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def answer(state: State, env: Envelope, keys: SystemKeys, catalog: Catalog, now_ms: int) -> dict[str, Any]:
+def newest_roster(state: State, trust: Trust | None) -> Any:
+    """The newer of the log's roster and the one this replica was given (both operator-signed)."""
+    offered = trust.roster if trust is not None else None
+    if offered is not None and (state.roster is None or offered.serial > state.roster.serial):
+        return offered
+    return state.roster
+
+
+def answer(state: State, env: Envelope, keys: SystemKeys, catalog: Catalog, now_ms: int,
+           trust: Trust | None = None) -> dict[str, Any]:
     """The result of one query against one state. Raises CommandRejected."""
     query = env.payload
     kind = query.type
@@ -115,8 +130,10 @@ def answer(state: State, env: Envelope, keys: SystemKeys, catalog: Catalog, now_
         hits = catalog.search(query.text, topic=query.topic, max_price=query.max_price, limit=query.limit)
         return {"hits": [h.as_dict() for h in hits], "seq": state.seq}
     if isinstance(query, q.LedgerInfo):
+        roster = newest_roster(state, trust)
         return {"ledger_box_key": keys.ledger_public.hex(), "fee_bps": state.fee_bps, "seq": state.seq,
-                "epoch": state.epoch, "primary": state.primary, "owner": "owner"}
+                "epoch": state.epoch, "primary": state.primary, "owner": "owner",
+                "roster": roster.to_wire() if roster is not None else None}
     if isinstance(query, q.LoginChallenge):
         user = state.users.get(query.login)
         if user is None:
@@ -157,8 +174,10 @@ class ReadServer:
     """Consumes the reads queue; at backup priority, or primary priority while primary."""
 
     def __init__(self, follower: Follower, url: str, names: Names, replica_id: str, keys: SystemKeys,
-                 catalog: Catalog, is_primary: Callable[[], bool]) -> None:
+                 catalog: Catalog, is_primary: Callable[[], bool], key: Ed25519PrivateKey, trust: Trust) -> None:
         self.follower = follower
+        self.key = key
+        self.trust = trust
         self.url = url
         self.names = names
         self.replica_id = replica_id
@@ -167,7 +186,8 @@ class ReadServer:
         self.is_primary = is_primary
         self.served = 0
         self._role_changed = threading.Event()
-        self._waiting: list[tuple[float, Any, Envelope]] = []
+        self._waiting: list[tuple[float, Any, Envelope, bytes]] = []
+        self._parked: dict[str, int] = {}  # reply channel -> queries of it waiting
 
     def role_changed(self, _primary: bool) -> None:
         self._role_changed.set()
@@ -195,6 +215,7 @@ class ReadServer:
                 ch.cancel()  # requeues what was prefetched; another replica answers it
         finally:
             self._waiting.clear()  # their clients resend; another replica answers
+            self._parked.clear()
             try:
                 conn.close()
             except (pika.exceptions.AMQPError, OSError):
@@ -207,11 +228,17 @@ class ReadServer:
             ident = env.id
             if env.kind != "query":
                 raise errors.Malformed("a command was sent to the reads queue")
-            if env.min_seq > self.follower.state.seq:
-                # Read-your-writes: park the query instead of blocking the others behind it.
-                if len(self._waiting) >= _MAX_WAITING:
-                    raise errors.Lagging(f"replica {self.replica_id} has too many queries waiting; try again")
-                self._waiting.append((time.monotonic() + _WAIT_SECONDS, props, env))
+            seq = self.follower.state.seq
+            if env.min_seq > seq:
+                # Read-your-writes: park the query instead of blocking the others behind it, within bounds.
+                if env.min_seq > seq + MAX_AHEAD:
+                    raise errors.Lagging(f"replica {self.replica_id} is at seq {seq}, asked for {env.min_seq}: "
+                                         f"too far ahead to wait for")
+                channel = str(props.reply_to or "")
+                if len(self._waiting) >= _MAX_WAITING or self._parked.get(channel, 0) >= _MAX_WAITING_PER_CHANNEL:
+                    raise errors.Busy(f"replica {self.replica_id} has too many queries waiting; try again")
+                self._parked[channel] = self._parked.get(channel, 0) + 1
+                self._waiting.append((time.monotonic() + _WAIT_SECONDS, props, env, body))
                 return
             reply = self._answer(env)
         except errors.CommandRejected as exc:
@@ -220,19 +247,19 @@ class ReadServer:
             log.exception("query %s failed", ident)
             reply = Reply.failure(ident, errors.RemoteError(f"internal error: {exc!r}", code="internal"),
                                   self.replica_id)
-        self._send(ch, props, reply)
+        self._send(ch, props, reply, body)
 
     def _answer(self, env: Envelope) -> Reply:
         state = self.follower.state
-        result = answer(state, env, self.keys, self.catalog, int(time.time() * 1000))
+        result = answer(state, env, self.keys, self.catalog, int(time.time() * 1000), self.trust)
         return Reply(id=env.id, ok=True, seq=state.seq, result=result, served_by=self.replica_id)
 
     def _answer_waiting(self, ch: Any) -> None:
         if not self._waiting:
             return
         now, seq = time.monotonic(), self.follower.state.seq
-        still: list[tuple[float, Any, Envelope]] = []
-        for deadline, props, env in self._waiting:
+        still: list[tuple[float, Any, Envelope, bytes]] = []
+        for deadline, props, env, body in self._waiting:
             if env.min_seq <= seq:
                 try:
                     reply = self._answer(env)
@@ -242,13 +269,20 @@ class ReadServer:
                 reply = Reply.failure(env.id, errors.Lagging(
                     f"replica {self.replica_id} is at seq {seq}, asked for {env.min_seq}"), self.replica_id)
             else:
-                still.append((deadline, props, env))
+                still.append((deadline, props, env, body))
                 continue
-            self._send(ch, props, reply)
+            channel = str(props.reply_to or "")
+            left = self._parked.get(channel, 1) - 1
+            if left > 0:
+                self._parked[channel] = left
+            else:
+                self._parked.pop(channel, None)
+            self._send(ch, props, reply, body)
         self._waiting = still
 
-    def _send(self, ch: Any, props: Any, reply: Reply) -> None:
+    def _send(self, ch: Any, props: Any, reply: Reply, request: bytes) -> None:
         self.served += 1
         if props.reply_to:
+            reply = reply.signed_by(self.key, self.replica_id, digest(request))
             ch.basic_publish("", props.reply_to, reply.to_bytes(),
                              pika.BasicProperties(correlation_id=props.correlation_id))

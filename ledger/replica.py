@@ -7,7 +7,6 @@ primary even with no client about, and expires holds on its own clock.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -21,8 +20,10 @@ import pika
 import pika.exceptions
 
 from broker.client import connect
+from broker.codec import canonical
 from broker.errors import BrokerError
 from broker.topology import Names, declare
+from broker.trust import raw_public, signed
 from catalog import Catalog
 from ledger.follower import Follower
 from ledger.handlers import Context
@@ -55,15 +56,17 @@ class Replica:
     def __init__(self, config: ReplicaConfig, keys: SystemKeys) -> None:
         self.config = config
         self.keys = keys
+        self.key = keys.replica_key(config.replica_id)  # refuses to start uncertified
+        self.trust = keys.trust()
         self.store = Store(config.store_url)
         self.catalog = Catalog()
-        self.follower = Follower(self.store, config.broker_url, config.names, config.replica_id,
-                                 snapshot_every=config.snapshot_every)
+        self.follower = Follower(self.store, config.broker_url, config.names, config.replica_id, self.trust,
+                                 self.key, snapshot_every=config.snapshot_every)
         self.follower.listeners.append(self.catalog.on_rows)
         self.commands = CommandProcessor(self.follower, config.broker_url, config.names, config.replica_id,
-                                         self._context, heartbeat=config.heartbeat)
+                                         self._context, self.key, self.trust, heartbeat=config.heartbeat)
         self.reads = ReadServer(self.follower, config.broker_url, config.names, config.replica_id, keys,
-                                self.catalog, lambda: self.commands.is_primary)
+                                self.catalog, lambda: self.commands.is_primary, self.key, self.trust)
         self.commands.on_role_change = self.reads.role_changed
         self.follower.publish_snapshots = lambda: self.commands.is_primary
         self.stop_event = threading.Event()
@@ -94,14 +97,25 @@ class Replica:
         self.follower.wait_for_snapshot()
         self.store.close()
 
+    def removed(self) -> bool:
+        """True once the log's roster no longer certifies this replica's key: the operator removed it."""
+        roster = self.follower.state.roster
+        return roster is not None and roster.key_of(self.config.replica_id) != raw_public(self.key) and (
+            self.trust.roster is None or roster.serial >= self.trust.serial)
+
     def run_forever(self) -> int:
-        """Run until SIGTERM/SIGINT; exit code 3 if the replica halted on a broken log."""
+        """Run until SIGTERM/SIGINT; exit code 3 if the replica halted on a broken log, 5 if it was removed."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop_event.set())
         self.start()
         died: list[str] = []
+        removed = False
         while not self.stop_event.wait(0.5):
             if self.follower.halted is not None:
+                break
+            if self.removed():
+                removed = True
+                log.critical("replica %s was removed from the operator's roster; stopping", self.config.replica_id)
                 break
             died = [t.name for t in self._threads if not t.is_alive()]
             if died:
@@ -110,7 +124,7 @@ class Replica:
                 break
         halted = self.follower.halted
         self.stop()
-        return 3 if halted else 4 if died else 0
+        return 3 if halted else 4 if died else 5 if removed else 0
 
     # -- status ------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -124,6 +138,7 @@ class Replica:
             "store": self.store.safe_url, "host": socket.gethostname(), "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self._started, 1), "halted": self.follower.halted,
             "joined_from_snapshot": self.follower.joined_from_snapshot,
+            "ignored": dict(self.follower.ignored),
             "at_ms": int(time.time() * 1000),
         }
 
@@ -147,7 +162,8 @@ class Replica:
                         rate = (status["commands_handled"] - handled) / max(now - then, 1e-3)
                         status["commands_per_s"] = round(rate, 1)
                         last_counts = (status["commands_handled"], now)
-                        ch.basic_publish(self.config.names.status, "", json.dumps(status).encode())
+                        body = canonical(signed(self.key, self.config.replica_id, status))
+                        ch.basic_publish(self.config.names.status, "", body)
                         last_status = now
                     conn.process_data_events(time_limit=self.config.tick_interval)
                 conn.close()

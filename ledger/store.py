@@ -40,6 +40,7 @@ EVENTS = sa.Table(
     sa.Column("reply", sa.LargeBinary),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("entry", sa.LargeBinary),  # on an entry's last row: the whole entry as its writer signed it
 )
 META = sa.Table(
     "replica_meta", _metadata,
@@ -80,6 +81,7 @@ class Row:
     reply: dict[str, Any] | None
     prev_hash: str
     hash: str
+    entry: dict[str, Any] | None = None  # the signed log entry, on the last row it produced
 
 
 def _engine(url: str) -> sa.Engine:
@@ -215,6 +217,7 @@ def _to_db(r: Row) -> dict[str, Any]:
         "version": r.version, "payload": canonical(r.payload),
         "reply": canonical(r.reply) if r.reply is not None else None,
         "prev_hash": r.prev_hash, "hash": r.hash,
+        "entry": canonical(r.entry) if r.entry is not None else None,
     }
 
 
@@ -222,5 +225,5 @@ def _from_db(r: Any) -> Row:
     return Row(
         seq=r.seq, epoch=r.epoch, at_ms=r.at_ms, command_id=r.command_id, type=r.type, version=r.version,
         payload=json.loads(r.payload), reply=json.loads(r.reply) if r.reply is not None else None,
-        prev_hash=r.prev_hash, hash=r.hash,
+        prev_hash=r.prev_hash, hash=r.hash, entry=json.loads(r.entry) if r.entry is not None else None,
     )

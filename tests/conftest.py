@@ -33,6 +33,7 @@ from broker import content
 from broker.codec import b64e
 from broker.envelope import Envelope, seal
 from broker.sealing import escrow_info, seal_to, x25519_public_raw
+from broker.trust import Roster, raw_public, sign_roster
 from ledger import events as ev
 from ledger.handlers import Context, Decision, decide, expire_holds
 from ledger.log import ACCEPTED, LogEntry, Outcome, fold_entry
@@ -114,10 +115,24 @@ class Book:
     sale_keys: dict[str, bytes] = field(default_factory=dict)  # sale id -> K escrowed for it
     operator: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
     ledger_key: X25519PrivateKey = field(default_factory=X25519PrivateKey.generate)
+    replica_keys: dict[str, Ed25519PrivateKey] = field(default_factory=dict)  # the certified replicas' keys
+    roster: Roster | None = None  # the newest roster the operator signed
 
     def __post_init__(self) -> None:
+        self.certify(self.writer)
         outcome = self.announce(1)
         assert outcome.verdict == ACCEPTED, outcome.reason
+
+    def certify(self, *replicas: str, remove: tuple[str, ...] = ()) -> Roster:
+        """A new operator-signed roster with these replicas added (keys made as needed) and ``remove`` removed."""
+        for rid in replicas:
+            self.replica_keys.setdefault(rid, Ed25519PrivateKey.generate())
+        current = dict(self.roster.replicas) if self.roster is not None else {}
+        current.update({rid: raw_public(self.replica_keys[rid]).hex() for rid in replicas})
+        for rid in remove:
+            current.pop(rid, None)
+        self.roster = sign_roster(self.operator, (self.roster.serial if self.roster else 0) + 1, current, self.now_ms)
+        return self.roster
 
     # -- plumbing ------------------------------------------------------------------------------
     @property
@@ -140,31 +155,45 @@ class Book:
         """Decide without applying (raises the refusal)."""
         return decide(self.state, self.envelope(payload, sender, **kw), self.context())
 
+    @property
+    def operator_public(self) -> bytes:
+        return self.operator.public_key().public_bytes(*_RAW_PUBLIC)
+
     def entry(self, events: list[Any], *, command_id: str | None = None, reply: dict[str, Any] | None = None,
               epoch: int | None = None, writer: str | None = None, expected_seq: int | None = None,
-              prev_hash: str | None = None) -> LogEntry:
-        return LogEntry(
+              prev_hash: str | None = None, command: Envelope | None = None,
+              sign_with: Ed25519PrivateKey | None | Any = _DEFAULT) -> LogEntry:
+        """An entry as a primary writes it: signed by the writer's key unless ``sign_with`` says otherwise
+        (None: unsigned)."""
+        writer = writer or self.writer
+        entry = LogEntry(
             entry_id=uuid.uuid4().hex, epoch=self.state.epoch if epoch is None else epoch,
-            writer=writer or self.writer,
+            writer=writer,
             expected_seq=self.state.seq + 1 if expected_seq is None else expected_seq,
             prev_hash=self.state.head_hash if prev_hash is None else prev_hash, at_ms=self.now_ms,
             command_id=command_id, reply=reply, events=[e.model_dump(mode="json") for e in events],
+            command=command.wire() if command is not None else None,
         )
+        key = self.replica_keys.get(writer) if sign_with is _DEFAULT else sign_with
+        return entry.signed_by(key) if key is not None else entry
 
     def fold(self, entry: LogEntry) -> Outcome:
         self.log.append(entry)
-        outcome, self.state, rows = fold_entry(self.state, entry)
+        outcome, self.state, rows = fold_entry(self.state, entry, self.operator_public)
         self.rows.extend(rows)
         return outcome
 
     def announce(self, epoch: int, writer: str | None = None) -> Outcome:
         writer = writer or self.writer
-        return self.fold(self.entry([ev.EpochStarted(epoch=epoch, replica=writer)], epoch=epoch, writer=writer))
+        roster = self.roster.to_wire() if self.roster is not None and (
+            self.state.roster is None or self.roster.serial > self.state.roster.serial) else None
+        return self.fold(self.entry([ev.EpochStarted(epoch=epoch, replica=writer, roster=roster)], epoch=epoch,
+                                    writer=writer))
 
     def submit_envelope(self, env: Envelope) -> Decision:
         decision = decide(self.state, env, self.context())
         if decision.events:
-            outcome = self.fold(self.entry(decision.events, command_id=env.id, reply=decision.result))
+            outcome = self.fold(self.entry(decision.events, command_id=env.id, reply=decision.result, command=env))
             assert outcome.verdict == ACCEPTED, outcome.reason
         return decision
 
@@ -292,7 +321,7 @@ def names() -> Iterator[Any]:
     n = Names(unique_prefix())
     yield n
     # Declare first so delete finds every object even if the test never touched the broker.
-    with BrokerClient(AMQP_URL, n) as bc:
+    with BrokerClient(AMQP_URL, n, declare_topology=True) as bc:
         bc._ensure()
     delete_topology(n)
 
@@ -343,19 +372,25 @@ class Deployment:
 
         return load_operator_key(self.home)
 
+    def trust(self) -> Any:
+        """What a peer of this deployment trusts: its operator's key and the roster kept beside it."""
+        from broker.trust import Trust
+
+        return Trust.load(self.home)
+
     def client(self) -> Any:
         """A peer client with its own broker connection (closed with the deployment)."""
         from broker.client import BrokerClient
         from peer.client import Client
 
-        cl = Client(BrokerClient(AMQP_URL, self.names), self.home)
+        cl = Client(BrokerClient(AMQP_URL, self.names, trust=self.trust()), self.home)
         self.clients.append(cl)
         return cl
 
     def broker(self) -> Any:
         from broker.client import BrokerClient
 
-        bc = BrokerClient(AMQP_URL, self.names)
+        bc = BrokerClient(AMQP_URL, self.names, trust=self.trust())
         self.clients.append(bc)
         return bc
 
@@ -388,9 +423,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     init_system(home)
     names = Names(unique_prefix())
     dep = Deployment(home, names, f"sqlite:///{home / 'r1.db'}", None)
-    try:
-        dep.start()
-        yield dep
-    finally:
-        dep.close()
-        delete_topology(names)
+    # Peers made by the tests trust this deployment's operator (broker.trust.Trust.from_env reads ACB_HOME).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ACB_HOME", str(home))
+        try:
+            dep.start()
+            yield dep
+        finally:
+            dep.close()
+            delete_topology(names)

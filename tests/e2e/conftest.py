@@ -72,7 +72,7 @@ class Cluster:
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     def status(self, wait: float = 1.5) -> list[dict[str, Any]]:
-        return collect_status(AMQP_URL, self.names, wait)
+        return collect_status(AMQP_URL, self.names, wait, home=self.home)
 
     def wait_for(self, predicate: Any, timeout: float = 30.0, what: str = "condition") -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
@@ -89,9 +89,10 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
     home = tmp_path / "acb"
     init_system(home)
+    monkeypatch.setenv("ACB_HOME", str(home))  # the test's own clients trust this cluster's operator
     c = Cluster(home, Names(f"e2e-{uuid.uuid4().hex[:8]}"))
     try:
         yield c

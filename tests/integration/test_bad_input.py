@@ -248,7 +248,7 @@ CASES = [
     pytest.param(_own_document, "own_document", "alice provides doc-1", False, id="own_document"),
     pytest.param(_insufficient_funds, "insufficient_funds", "balance 0, price 1000", False,
                  id="insufficient_funds"),
-    pytest.param(_price_changed, "price_changed", "price of doc-1 is 1000, not 1", False, id="price_changed"),
+    pytest.param(_price_changed, "price_changed", "now 10.00, you agreed to 0.01", False, id="price_changed"),
     pytest.param(_someone_elses_sale, "not_your_sale", "between bob and alice", False,
                  id="someone_elses_sale"),
     pytest.param(_settle_twice, "sale_closed", "already settled", False, id="settle_twice"),

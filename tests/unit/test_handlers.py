@@ -280,7 +280,12 @@ def test_own_document(market: Book) -> None:
 def test_price_changed(market: Book) -> None:
     market.submit(c.ChangePrice(doc_id="doc-1", price=1200), "alice")
     refused(market, c.OpenSale(sale_id="s-1", doc_id="doc-1", price=1000), "bob", "price_changed",
-            "price of doc-1 is 1200, not 1000")
+            "now 12.00, you agreed to 10.00")
+
+
+def test_split_sale_interval_prices_must_be_the_ones_shown(market: Book) -> None:
+    refused(market, c.OpenSale(sale_id="s-1", doc_id="doc-1", price=1000, interval_prices=[500, 500]), "bob",
+            "price_changed", "now 10.00 in 1 intervals, you agreed to 5.00, 5.00")
 
 
 def test_insufficient_funds(market: Book) -> None:

@@ -14,13 +14,17 @@ from tests.conftest import Book
 
 
 def deposit_entry(book: Book, amount: int = 100, **kw: object):  # type: ignore[no-untyped-def]
-    return book.entry([ev.Deposited(account="bob", amount=amount)], **kw)
+    """A deposit entry backed by the operator's signed command, as a primary writes it."""
+    env = book.envelope(c.Deposit(account="bob", amount=amount), c.OPERATOR)
+    return book.entry([ev.Deposited(account="bob", amount=amount)], command_id=env.id, command=env,
+                      reply={"account": "bob"}, **kw)
 
 
 @pytest.fixture
 def funded(book: Book) -> Book:
     book.register("bob")
     book.deposit("bob", 1000)
+    book.certify("r2", "r3")
     return book
 
 
@@ -87,7 +91,8 @@ def test_a_command_id_is_applied_once(funded: Book) -> None:
     assert funded.state.balance("bob") == 1050
     before, rows = funded.state, len(funded.rows)
     # The same command written again (a retry decided before the first landed): a new entry, same command id.
-    again = funded.entry([ev.Deposited(account="bob", amount=50)], command_id=env.id, reply={"account": "bob"})
+    again = funded.entry([ev.Deposited(account="bob", amount=50)], command_id=env.id, reply={"account": "bob"},
+                         command=env)
     outcome = funded.fold(again)
     unchanged(funded, outcome, IGNORED, before, rows)
     assert "already applied" in outcome.reason
@@ -100,19 +105,34 @@ def test_the_first_answer_of_a_command_is_kept(funded: Book) -> None:
     assert funded.state.commands[env.id] == {"seq": funded.state.seq, "result": decision.result}
 
 
-def test_a_command_of_several_events_replies_on_the_last(funded: Book) -> None:
-    entry = funded.entry([ev.Deposited(account="bob", amount=1), ev.Deposited(account="bob", amount=2)],
-                         command_id="multi-0001", reply={"ok": 1})
+def test_a_command_never_causes_more_than_its_one_event(funded: Book) -> None:
+    # A second deposit riding on the operator's signature for one would be money nobody authorized.
+    env = funded.envelope(c.Deposit(account="bob", amount=1), c.OPERATOR)
+    entry = funded.entry([ev.Deposited(account="bob", amount=1), ev.Deposited(account="bob", amount=1)],
+                         command_id=env.id, reply={"ok": 1}, command=env)
+    before, rows = funded.state, len(funded.rows)
     outcome = funded.fold(entry)
-    assert (outcome.verdict, outcome.last_seq - outcome.first_seq) == (ACCEPTED, 1)
-    assert [r.reply for r in funded.rows[-2:]] == [None, {"ok": 1}]
-    assert funded.state.commands["multi-0001"]["seq"] == outcome.last_seq
+    unchanged(funded, outcome, IGNORED, before, rows)
+    assert outcome.kind == "unauthorized"
+
+
+def test_the_last_row_of_an_entry_keeps_the_signed_entry(funded: Book) -> None:
+    entry = deposit_entry(funded)
+    assert funded.fold(entry).verdict == ACCEPTED
+    assert funded.rows[-1].entry == entry.model_dump(mode="json")
 
 
 # -- divergence ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("offset", [-1, 1, 2])
-def test_a_gap_or_overlap_from_the_primary_halts(funded: Book, offset: int) -> None:
+def test_an_entry_for_a_place_already_passed_is_a_duplicate_not_a_divergence(funded: Book) -> None:
+    before, rows = funded.state, len(funded.rows)
+    outcome = funded.fold(deposit_entry(funded, expected_seq=funded.state.seq))
+    unchanged(funded, outcome, IGNORED, before, rows)
+    assert outcome.kind == "duplicate"
+
+
+@pytest.mark.parametrize("offset", [1, 2])
+def test_a_gap_from_the_primary_halts(funded: Book, offset: int) -> None:
     before, rows = funded.state, len(funded.rows)
     outcome = funded.fold(deposit_entry(funded, expected_seq=funded.state.seq + 1 + offset))
     unchanged(funded, outcome, HALT, before, rows)

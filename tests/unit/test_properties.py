@@ -177,7 +177,7 @@ def test_random_commands_keep_the_ledger_sound(start: tuple[Any, Any], ops: list
     # A backup folding the same log from nothing reaches the same state and rows.
     backup, backup_rows = State(), []
     for entry in book.log:
-        outcome, backup, rows = fold_entry(backup, entry)
+        outcome, backup, rows = fold_entry(backup, entry, book.operator_public)
         backup_rows.extend(rows)
         assert outcome.verdict == ACCEPTED
     assert state_hash(backup) == state_hash(state)

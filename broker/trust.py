@@ -1,0 +1,199 @@
+"""Who may sign what: the operator's key certifies the replicas' keys in a signed roster.
+
+The operator key made by ``acb init`` is the root of trust. It signs a
+:class:`Roster`: the replica ids and their Ed25519 public keys, with a serial
+that grows with every change. A replica signs its log entries, answers,
+snapshots and status with its own key; anyone holding the operator's public
+key checks a roster, then checks a replica's signature against the newest
+roster it has seen (:class:`Trust`). Removing a replica is a new roster
+without it: from then on its signatures count for nothing.
+
+Rosters travel freely (in the log, in answers, in files): they are
+self-authenticating, so where one came from does not matter.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from broker import errors
+from broker.codec import canonical
+
+__all__ = ["Roster", "Trust", "sign_roster", "signed", "check_signed", "raw_public", "digest", "OPERATOR_KEY_ENV"]
+
+OPERATOR_KEY_ENV = "ACB_OPERATOR_KEY"
+_MAX_REPLICAS = 64
+
+
+def raw_public(key: Ed25519PrivateKey) -> bytes:
+    """The raw 32 bytes of a private key's public half."""
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def digest(data: bytes) -> str:
+    """The hex SHA-256 that binds an answer to the exact request bytes it answers."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _verify(public: bytes, signature_hex: Any, message: bytes) -> bool:
+    if not isinstance(signature_hex, str) or len(signature_hex) != 128:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(bytes.fromhex(signature_hex), message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+class Roster(BaseModel):
+    """The certified replicas, signed by the operator. A higher serial supersedes a lower one."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    serial: int = Field(ge=1)
+    replicas: dict[str, str] = Field(max_length=_MAX_REPLICAS)  # replica id -> raw Ed25519 public key, hex
+    issued_at: int
+    signature: str = ""
+
+    def body(self) -> bytes:
+        return canonical(self.model_dump(mode="json", exclude={"signature"}))
+
+    def verify(self, operator_key: bytes) -> None:
+        """Raise BadSignature unless the operator signed exactly this roster."""
+        if not _verify(operator_key, self.signature, self.body()):
+            raise errors.BadSignature(f"replica roster {self.serial} is not signed by the operator")
+
+    def key_of(self, replica_id: str | None) -> bytes | None:
+        """The certified key of ``replica_id``, or None when it is not certified."""
+        hexkey = self.replicas.get(replica_id or "")
+        if hexkey is None:
+            return None
+        try:
+            key = bytes.fromhex(hexkey)
+        except ValueError:
+            return None
+        return key if len(key) == 32 else None
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_wire(cls, data: Any) -> Roster:
+        """Parse a roster from untrusted data; raise Malformed when it does not fit."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise errors.Malformed(f"replica roster does not parse: {exc.errors()[0]['msg']}") from exc
+
+    @classmethod
+    def verified(cls, data: Any, operator_key: bytes) -> Roster:
+        roster = cls.from_wire(data)
+        roster.verify(operator_key)
+        return roster
+
+
+def sign_roster(operator: Ed25519PrivateKey, serial: int, replicas: dict[str, str], issued_at: int) -> Roster:
+    unsigned = Roster(serial=serial, replicas=dict(sorted(replicas.items())), issued_at=issued_at)
+    return unsigned.model_copy(update={"signature": operator.sign(unsigned.body()).hex()})
+
+
+def signed(key: Ed25519PrivateKey, signer: str, body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with ``signer`` and a ``signature`` over the canonical encoding of everything else."""
+    out = {**body, "signer": signer}
+    out.pop("signature", None)
+    out["signature"] = key.sign(canonical(out)).hex()
+    return out
+
+
+def check_signed(trust: Trust, data: Any) -> str:
+    """The signer of a dict made by :func:`signed` when its signature verifies against a certified key.
+
+    Raises BadSignature otherwise (unsigned, unknown or removed signer, wrong signature).
+    """
+    if not isinstance(data, dict):
+        raise errors.BadSignature("not a signed object")
+    signer = data.get("signer")
+    key = trust.replica_key(signer) if isinstance(signer, str) else None
+    if key is None:
+        raise errors.BadSignature(f"signer {str(signer)[:40]!r} is not a certified replica")
+    body = {k: v for k, v in data.items() if k != "signature"}
+    if not _verify(key, data.get("signature"), canonical(body)):
+        raise errors.BadSignature(f"signature of {signer} does not verify")
+    return str(signer)
+
+
+class Trust:
+    """What a client or replica believes: the operator's public key and the newest verified roster.
+
+    Thread-safe; :meth:`adopt` only ever moves to a higher serial.
+    """
+
+    def __init__(self, operator_key: bytes, roster: Roster | None = None) -> None:
+        if len(operator_key) != 32:
+            raise errors.BadSignature("the operator key must be 32 raw bytes")
+        self.operator_key = operator_key
+        self._roster: Roster | None = None
+        self._lock = threading.Lock()
+        if roster is not None:
+            self.adopt(roster)
+
+    @property
+    def roster(self) -> Roster | None:
+        return self._roster
+
+    @property
+    def serial(self) -> int:
+        return self._roster.serial if self._roster is not None else 0
+
+    def adopt(self, roster: Roster | dict[str, Any]) -> bool:
+        """Take ``roster`` if the operator signed it and it is newer; True when it was taken."""
+        if not isinstance(roster, Roster):
+            roster = Roster.from_wire(roster)
+        roster.verify(self.operator_key)
+        with self._lock:
+            if self._roster is not None and roster.serial <= self._roster.serial:
+                return False
+            self._roster = roster
+            return True
+
+    def replica_key(self, replica_id: str | None) -> bytes | None:
+        roster = self._roster
+        return roster.key_of(replica_id) if roster is not None else None
+
+    # -- where the trust root comes from -------------------------------------------------------------
+    @classmethod
+    def load(cls, home: Path) -> Trust:
+        """The operator key and roster kept under ``home`` (``system/`` on the operator's and replicas' machines,
+        ``operator.pub`` at the top on a peer's)."""
+        key_hex = os.environ.get(OPERATOR_KEY_ENV, "").strip()
+        if not key_hex:
+            for path in (home / "system" / "operator.pub", home / "operator.pub"):
+                if path.exists():
+                    key_hex = path.read_text().strip()
+                    break
+        if not key_hex:
+            raise errors.ConfigurationError(
+                f"no operator public key: set {OPERATOR_KEY_ENV} or put operator.pub in {home} "
+                "(the operator gives it out; `acb init` makes it)")
+        try:
+            trust = cls(bytes.fromhex(key_hex))
+        except ValueError as exc:
+            raise errors.ConfigurationError("the operator public key is not 64 hex digits") from exc
+        for path in (home / "system" / "roster.json", home / "roster.json"):
+            if path.exists():
+                try:
+                    trust.adopt(Roster.model_validate_json(path.read_bytes()))
+                except (ValueError, errors.BrokerError):
+                    pass  # a stale or damaged copy: the ledger hands out the current roster
+        return trust
+
+    @classmethod
+    def from_env(cls) -> Trust:
+        return cls.load(Path(os.environ.get("ACB_HOME") or Path.home() / ".acb"))

@@ -1,0 +1,215 @@
+"""Whose signature stands behind each event: the check every replica and the audit make.
+
+A log entry is signed by the replica that wrote it, but a replica may only
+write what someone entitled to it asked for. So an entry that a user's command
+caused carries that command, exactly as the user signed it, and the events
+must be the ones that command can cause, for the accounts it may touch:
+
+=================  ============================  =========================================
+command            signed by                     events it may cause
+=================  ============================  =========================================
+register           the new key itself            user_registered of that login and keys
+deposit, set_fee   the operator                  deposited (same account, amount), fee_set
+set_roster         the operator                  roster_changed (that roster)
+publish            the provider                  document_published by that provider
+unpublish, price   the document's provider       document_unpublished, price_changed
+open_sale          the consumer                  sale_opened for that consumer, doc, price
+escrow_key         the sale's provider           key_escrowed (that commitment)
+settle(_interval)  the sale's consumer           sale_settled / interval_settled
+void               consumer, provider, operator  sale_voided
+dispute            the sale's consumer           dispute_resolved
+change_keystore    the user                      keystore_changed of that user
+(none)             the primary alone             epoch_started; sale_voided "expired" of an
+                                                 open sale whose deadline has passed
+=================  ============================  =========================================
+
+:func:`entry_problem` says what is wrong, or None. It is pure: the same answer
+on the primary, on every backup and in an audit years later.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from broker import commands as c
+from broker import errors
+from broker.codec import canonical
+from broker.envelope import Envelope, open_envelope, verify
+from ledger import events as ev
+from ledger.model import OPEN, State
+
+__all__ = ["entry_problem", "command_of", "signer_key"]
+
+
+def command_of(wire: Any) -> Envelope:
+    """The signed command an entry carries, parsed (raises CommandRejected when it does not parse)."""
+    if not isinstance(wire, dict):
+        raise errors.Malformed("the entry's command is not an object")
+    env = open_envelope(canonical(wire))
+    if env.kind != "command":
+        raise errors.Malformed("the entry carries a query, not a command")
+    return env
+
+
+def signer_key(state: State, env: Envelope, operator_key: bytes) -> bytes:
+    """The public key that must have signed ``env``, from the state before it applied."""
+    payload = env.payload
+    if isinstance(payload, c.RegisterUser):
+        if env.sender != payload.login:
+            raise errors.NotAuthorized(f"registration of {payload.login} sent by {env.sender}")
+        return bytes.fromhex(payload.sign_key)
+    if env.sender == c.OPERATOR:
+        return operator_key
+    user = state.users.get(env.sender)
+    if user is None:
+        raise errors.UnknownUser(f"no user {env.sender!r}")
+    return bytes.fromhex(user.sign_key)
+
+
+def entry_problem(state: State, command_id: str | None, command: Any, at_ms: int, events: list[Any],
+                  operator_key: bytes) -> str | None:
+    """Why these events may not follow from this command in this state (None: they may)."""
+    if command_id is None:
+        if command is not None:
+            return "the entry carries a command but no command id"
+        return _own_events_problem(state, at_ms, events)
+    if command is None:
+        return f"command {command_id} is not in the entry: nobody's signature stands behind its events"
+    try:
+        env = command_of(command)
+        if env.id != command_id:
+            return f"the entry's command is {env.id}, not {command_id}"
+        verify(env, signer_key(state, env, operator_key))
+    except errors.CommandRejected as exc:
+        return f"command {command_id}: {exc}"
+    if len(events) != 1:
+        return f"command {command_id} caused {len(events)} events; every command causes one"
+    return _matches(state, env, events[0])
+
+
+def _own_events_problem(state: State, at_ms: int, events: list[Any]) -> str | None:
+    for e in events:
+        if isinstance(e, ev.EpochStarted):
+            continue
+        if not (isinstance(e, ev.SaleVoided) and e.reason == "expired"):
+            return f"{e.type} has no signed command behind it"
+        sale = state.sales.get(e.sale_id)
+        if sale is None or sale.status != OPEN:
+            return f"expiry of sale {e.sale_id}, which is not open"
+        if sale.deadline_ms > at_ms:
+            return f"expiry of sale {e.sale_id} before its deadline"
+    return None
+
+
+def _matches(state: State, env: Envelope, event: Any) -> str | None:
+    cmd, sender = env.payload, env.sender
+    want = _EXPECT.get(type(cmd))
+    if want is None or not isinstance(event, want[0]):
+        return f"{cmd.type} by {sender} cannot cause {event.type}"
+    return want[1](state, sender, cmd, event)
+
+
+def _same(pairs: list[tuple[str, Any, Any]]) -> str | None:
+    for name, have, signed_for in pairs:
+        if have != signed_for:
+            return f"the event's {name} is not the one the command was signed for"
+    return None
+
+
+def _by(who: str | None, sender: str, what: str) -> str | None:
+    return None if who == sender else f"{sender} may not {what}"
+
+
+def _register(state: State, sender: str, cmd: c.RegisterUser, e: ev.UserRegistered) -> str | None:
+    if cmd.login in state.users:
+        return f"{cmd.login} is registered already: nobody may take over an account"
+    return _same([("login", e.login, cmd.login), ("sign_key", e.sign_key, cmd.sign_key),
+                  ("box_key", e.box_key, cmd.box_key), ("cert_pem", e.cert_pem, cmd.cert_pem),
+                  ("keystore", e.keystore, cmd.keystore)])
+
+
+def _operator_only(sender: str) -> str | None:
+    return None if sender == c.OPERATOR else "only the operator may do this"
+
+
+def _deposit(state: State, sender: str, cmd: c.Deposit, e: ev.Deposited) -> str | None:
+    return _operator_only(sender) or _same([("account", e.account, cmd.account), ("amount", e.amount, cmd.amount)])
+
+
+def _fee(state: State, sender: str, cmd: c.SetFee, e: ev.FeeSet) -> str | None:
+    return _operator_only(sender) or _same([("bps", e.bps, cmd.bps)])
+
+
+def _roster(state: State, sender: str, cmd: c.SetRoster, e: ev.RosterChanged) -> str | None:
+    return _operator_only(sender) or _same([("roster", e.roster, cmd.roster)])
+
+
+def _publish(state: State, sender: str, cmd: c.PublishDocument, e: ev.DocumentPublished) -> str | None:
+    return _same([("provider", e.provider, sender), ("doc_id", e.doc_id, cmd.doc_id), ("price", e.price, cmd.price),
+                  ("merkle_root", e.merkle_root, cmd.merkle_root)])
+
+
+def _doc_owner(state: State, doc_id: str) -> str | None:
+    doc = state.documents.get(doc_id)
+    return doc.provider if doc is not None else None
+
+
+def _unpublish(state: State, sender: str, cmd: c.Unpublish, e: ev.DocumentUnpublished) -> str | None:
+    return _by(_doc_owner(state, cmd.doc_id), sender, "unpublish it") or _same([("doc_id", e.doc_id, cmd.doc_id)])
+
+
+def _price(state: State, sender: str, cmd: c.ChangePrice, e: ev.PriceChanged) -> str | None:
+    return _by(_doc_owner(state, cmd.doc_id), sender, "price it") or _same(
+        [("doc_id", e.doc_id, cmd.doc_id), ("price", e.price, cmd.price)])
+
+
+def _open(state: State, sender: str, cmd: c.OpenSale, e: ev.SaleOpened) -> str | None:
+    return _same([("consumer", e.consumer, sender), ("sale_id", e.sale_id, cmd.sale_id),
+                  ("doc_id", e.doc_id, cmd.doc_id), ("price", e.price, cmd.price)])
+
+
+def _sale_party(state: State, sale_id: str, role: str) -> str | None:
+    sale = state.sales.get(sale_id)
+    return getattr(sale, role) if sale is not None else None
+
+
+def _escrow(state: State, sender: str, cmd: c.EscrowKey, e: ev.KeyEscrowed) -> str | None:
+    return _by(_sale_party(state, cmd.sale_id, "provider"), sender, "escrow this sale's key") or _same(
+        [("sale_id", e.sale_id, cmd.sale_id), ("key_commitment", e.key_commitment, cmd.key_commitment)])
+
+
+def _settle(state: State, sender: str, cmd: c.SettleSale, e: ev.SaleSettled) -> str | None:
+    return _by(_sale_party(state, cmd.sale_id, "consumer"), sender, "settle this sale") or _same(
+        [("sale_id", e.sale_id, cmd.sale_id)])
+
+
+def _settle_interval(state: State, sender: str, cmd: c.SettleInterval, e: ev.IntervalSettled) -> str | None:
+    return _by(_sale_party(state, cmd.sale_id, "consumer"), sender, "settle this sale") or _same(
+        [("sale_id", e.sale_id, cmd.sale_id), ("interval", e.interval, cmd.interval)])
+
+
+def _void(state: State, sender: str, cmd: c.VoidSale, e: ev.SaleVoided) -> str | None:
+    sale = state.sales.get(cmd.sale_id)
+    parties = (sale.consumer, sale.provider, c.OPERATOR) if sale is not None else (c.OPERATOR,)
+    if sender not in parties:
+        return f"{sender} may not void sale {cmd.sale_id}"
+    return _same([("sale_id", e.sale_id, cmd.sale_id)])
+
+
+def _dispute(state: State, sender: str, cmd: c.FileDispute, e: ev.DisputeResolved) -> str | None:
+    return _by(_sale_party(state, cmd.sale_id, "consumer"), sender, "dispute this sale") or _same(
+        [("sale_id", e.sale_id, cmd.sale_id), ("index", e.index, cmd.index)])
+
+
+def _keystore(state: State, sender: str, cmd: c.ChangeKeystore, e: ev.KeystoreChanged) -> str | None:
+    return _same([("login", e.login, sender), ("keystore", e.keystore, cmd.keystore)])
+
+
+_EXPECT: dict[type, tuple[type, Any]] = {
+    c.RegisterUser: (ev.UserRegistered, _register), c.Deposit: (ev.Deposited, _deposit),
+    c.SetFee: (ev.FeeSet, _fee), c.SetRoster: (ev.RosterChanged, _roster),
+    c.PublishDocument: (ev.DocumentPublished, _publish), c.Unpublish: (ev.DocumentUnpublished, _unpublish),
+    c.ChangePrice: (ev.PriceChanged, _price), c.OpenSale: (ev.SaleOpened, _open),
+    c.EscrowKey: (ev.KeyEscrowed, _escrow), c.SettleSale: (ev.SaleSettled, _settle),
+    c.SettleInterval: (ev.IntervalSettled, _settle_interval), c.VoidSale: (ev.SaleVoided, _void),
+    c.FileDispute: (ev.DisputeResolved, _dispute), c.ChangeKeystore: (ev.KeystoreChanged, _keystore),
+}

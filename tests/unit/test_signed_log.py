@@ -1,0 +1,185 @@
+"""The signed log, attacked: nothing applies unless a certified replica wrote it for someone entitled to ask.
+
+Each forgery is ignored (the state is the same object as before, no row is stored), counted by kind,
+and never halts: only a validly signed entry of the current primary that does not continue the chain does.
+"""
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from broker import commands as c
+from broker.errors import NotAuthorized
+from broker.trust import raw_public, sign_roster
+from ledger import events as ev
+from ledger.log import ACCEPTED, HALT, IGNORED
+from ledger.model import State
+from tests.conftest import Book, Member
+
+
+@pytest.fixture
+def funded(book: Book) -> Book:
+    book.register("bob")
+    book.register("mallory")
+    book.deposit("bob", 1000)
+    return book
+
+
+def ignored(book: Book, entry, kind: str) -> None:  # type: ignore[no-untyped-def]
+    before, rows = book.state, len(book.rows)
+    outcome = book.fold(entry)
+    assert (outcome.verdict, outcome.kind) == (IGNORED, kind), outcome.reason
+    assert book.state is before and len(book.rows) == rows
+
+
+def test_an_unsigned_entry_is_ignored(funded: Book) -> None:
+    env = funded.envelope(c.Deposit(account="mallory", amount=10**8), c.OPERATOR)
+    entry = funded.entry([ev.Deposited(account="mallory", amount=10**8)], command_id=env.id, command=env,
+                         sign_with=None)
+    ignored(funded, entry, "unsigned")
+
+
+def test_an_entry_signed_by_a_stranger_is_ignored(funded: Book) -> None:
+    env = funded.envelope(c.Deposit(account="mallory", amount=10**8), c.OPERATOR)
+    entry = funded.entry([ev.Deposited(account="mallory", amount=10**8)], command_id=env.id, command=env,
+                         sign_with=Ed25519PrivateKey.generate())
+    ignored(funded, entry, "bad_signature")
+
+
+def test_an_entry_altered_after_signing_is_ignored(funded: Book) -> None:
+    env = funded.envelope(c.Deposit(account="bob", amount=1), c.OPERATOR)
+    entry = funded.entry([ev.Deposited(account="bob", amount=1)], command_id=env.id, command=env)
+    forged = entry.model_copy(update={"events": [ev.Deposited(account="bob", amount=10**8).model_dump(mode="json")]})
+    ignored(funded, forged, "bad_signature")
+
+
+def test_a_new_epoch_by_an_uncertified_writer_is_ignored(funded: Book) -> None:
+    mallory = Ed25519PrivateKey.generate()
+    entry = funded.entry([ev.EpochStarted(epoch=9, replica="evil")], epoch=9, writer="evil", sign_with=mallory)
+    ignored(funded, entry, "uncertified")
+    assert funded.state.primary == "r1"
+
+
+def test_a_new_epoch_with_a_roster_not_signed_by_the_operator_is_ignored(funded: Book) -> None:
+    mallory = Ed25519PrivateKey.generate()
+    roster = sign_roster(mallory, 99, {"evil": raw_public(mallory).hex()}, funded.now_ms)
+    entry = funded.entry([ev.EpochStarted(epoch=9, replica="evil", roster=roster.to_wire())], epoch=9,
+                         writer="evil", sign_with=mallory)
+    ignored(funded, entry, "uncertified")
+
+
+def test_writing_as_the_current_primary_without_its_key_is_ignored(funded: Book) -> None:
+    env = funded.envelope(c.Deposit(account="mallory", amount=10**8), c.OPERATOR)
+    entry = funded.entry([ev.Deposited(account="mallory", amount=10**8)], command_id=env.id, command=env,
+                         writer="r1", sign_with=Ed25519PrivateKey.generate())
+    ignored(funded, entry, "bad_signature")
+    assert funded.state.balance("mallory") == 0
+
+
+def test_a_forged_far_ahead_entry_does_not_halt(funded: Book) -> None:
+    env = funded.envelope(c.Deposit(account="bob", amount=1), c.OPERATOR)
+    entry = funded.entry([ev.Deposited(account="bob", amount=1)], command_id=env.id, command=env,
+                         expected_seq=funded.state.seq + 10**6, sign_with=None)
+    ignored(funded, entry, "unsigned")
+
+
+def test_a_validly_signed_gap_still_halts(funded: Book) -> None:
+    env = funded.envelope(c.Deposit(account="bob", amount=1), c.OPERATOR)
+    entry = funded.entry([ev.Deposited(account="bob", amount=1)], command_id=env.id, command=env,
+                         expected_seq=funded.state.seq + 5)
+    assert funded.fold(entry).verdict == HALT
+
+
+def test_a_deposit_without_the_operators_signature_is_ignored(funded: Book) -> None:
+    # mallory signs an operator deposit with her own key; the primary signs the entry (a compromised primary).
+    env = funded.envelope(c.Deposit(account="mallory", amount=10**8), c.OPERATOR, key=funded.members["mallory"].sign)
+    entry = funded.entry([ev.Deposited(account="mallory", amount=10**8)], command_id=env.id, command=env)
+    ignored(funded, entry, "unauthorized")
+
+
+def test_an_event_with_no_command_behind_it_is_ignored(funded: Book) -> None:
+    ignored(funded, funded.entry([ev.Deposited(account="mallory", amount=10**8)]), "unauthorized")
+    ignored(funded, funded.entry([ev.Deposited(account="mallory", amount=5)], command_id="made-up-0001"),
+            "unauthorized")
+
+
+def test_an_event_other_than_the_one_signed_for_is_ignored(funded: Book) -> None:
+    env = funded.envelope(c.Deposit(account="bob", amount=1), c.OPERATOR)
+    entry = funded.entry([ev.Deposited(account="mallory", amount=10**8)], command_id=env.id, command=env)
+    ignored(funded, entry, "unauthorized")
+
+
+def test_re_registering_an_existing_user_is_ignored_even_from_the_primary(funded: Book) -> None:
+    thief = Member.create("bob")
+    env = funded.envelope(thief.registration(), "bob", key=thief.sign)
+    payload = thief.registration()
+    event = ev.UserRegistered(login="bob", sign_key=payload.sign_key, box_key=payload.box_key,
+                              cert_pem=payload.cert_pem, keystore=payload.keystore)
+    ignored(funded, funded.entry([event], command_id=env.id, command=env), "unauthorized")
+    assert funded.state.users["bob"].sign_key == funded.members["bob"].sign_public
+
+
+def test_spending_another_users_money_needs_that_users_signature(funded: Book) -> None:
+    funded.publish("mallory", "doc-m", price=900)
+    env = funded.envelope(c.OpenSale(sale_id="s-1", doc_id="doc-m", price=900), "bob",
+                          key=funded.members["mallory"].sign)
+    event = ev.SaleOpened(sale_id="s-1", doc_id="doc-m", consumer="bob", provider="mallory", price=900, fee=9,
+                          deadline_ms=funded.now_ms + 1, intervals=1, interval_segments=0, fee_bps=100)
+    ignored(funded, funded.entry([event], command_id=env.id, command=env), "unauthorized")
+
+
+def test_a_hold_expires_only_after_its_deadline(funded: Book) -> None:
+    funded.publish("mallory", "doc-m", price=100)
+    funded.open_sale("bob", "s-1", "doc-m")
+    ignored(funded, funded.entry([ev.SaleVoided(sale_id="s-1", reason="expired")]), "unauthorized")
+    funded.now_ms += funded.hold_ttl_ms
+    assert funded.fold(funded.entry([ev.SaleVoided(sale_id="s-1", reason="expired")])).verdict == ACCEPTED
+
+
+def test_an_old_signed_entry_published_again_is_a_duplicate(funded: Book) -> None:
+    for entry in list(funded.log):
+        outcome = funded.fold(entry)
+        assert outcome.verdict == IGNORED and outcome.kind in ("duplicate", "fenced"), outcome.reason
+
+
+def test_a_removed_replicas_entries_are_ignored(funded: Book) -> None:
+    funded.certify("r2")
+    assert funded.announce(2, "r2").verdict == ACCEPTED
+    roster = funded.certify(remove=("r2",))
+    env = funded.envelope(c.SetRoster(roster=roster.to_wire()), c.OPERATOR)
+    funded.writer = "r2"
+    funded.submit_envelope(env)  # r2 itself writes the roster that removes it
+    assert funded.state.roster is not None and funded.state.roster.key_of("r2") is None
+    deposit = funded.envelope(c.Deposit(account="bob", amount=1), c.OPERATOR)
+    entry = funded.entry([ev.Deposited(account="bob", amount=1)], command_id=deposit.id, command=deposit)
+    ignored(funded, entry, "uncertified")
+    # r1, still certified, takes over.
+    funded.writer = "r1"
+    assert funded.announce(3, "r1").verdict == ACCEPTED
+
+
+def test_a_roster_only_moves_forward(funded: Book) -> None:
+    old = funded.roster
+    assert old is not None
+    funded.certify("r2")
+    funded.announce(2, "r2")
+    serial = funded.state.roster.serial if funded.state.roster else 0
+    funded.writer = "r2"
+    with pytest.raises(NotAuthorized, match="not newer"):
+        funded.submit(c.SetRoster(roster=old.to_wire()), c.OPERATOR)
+    # Even a certified primary that writes it anyway cannot take the roster back.
+    env = funded.envelope(c.SetRoster(roster=old.to_wire()), c.OPERATOR)
+    assert funded.fold(funded.entry([ev.RosterChanged(roster=old.to_wire())], command_id=env.id, command=env,
+                                    reply={})).verdict == ACCEPTED
+    assert funded.state.roster is not None and funded.state.roster.serial == serial
+
+
+def test_nothing_applies_before_a_roster_is_in_force() -> None:
+    book = Book()
+    fresh = State()
+    entry = book.log[0]  # the first announcement, but with its roster stripped
+    stripped = entry.model_copy(update={"events": [{**entry.events[0], "roster": None}]})
+    from ledger.log import fold_entry
+
+    outcome, state, rows = fold_entry(fresh, stripped, book.operator_public)
+    assert (outcome.verdict, outcome.kind, state, rows) == (IGNORED, "uncertified", fresh, [])
