@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ledger import events as ev
+from ledger.authority import entry_problem
 from ledger.errors import ChainBroken
 from ledger.events import parse_event
-from ledger.authority import entry_problem
 from ledger.log import LogEntry, replay_row, signature_problem
 from ledger.model import OPEN, State, invariant_violations, state_from_dict, state_hash
 from ledger.store import Store

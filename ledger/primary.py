@@ -35,6 +35,7 @@ from broker.topology import Names, declare
 from broker.trust import Trust, digest, raw_public
 from ledger.errors import LedgerError
 from ledger.events import EpochStarted
+from ledger.fairness import FairInbox
 from ledger.follower import Follower
 from ledger.handlers import Context, authenticate, decide, expire_holds
 from ledger.log import ACCEPTED, LogBatch, LogEntry, fold_entry
@@ -44,7 +45,9 @@ __all__ = ["CommandProcessor", "TICK"]
 
 log = logging.getLogger(__name__)
 TICK = "tick"
-_BATCH = 256
+_BATCH = 64  # commands decided per log write: small enough that a batch never keeps others waiting long
+_PREFETCH = 4096
+_PER_CHANNEL = 256  # commands of one client channel waiting at once; beyond, it is told `busy`
 _CONFIRM_TIMEOUT = 10.0
 # Refusals are not in the log; remember recent ones so a retry gets the same answer.
 _REJECTED_MEMORY = 50_000
@@ -71,6 +74,7 @@ class CommandProcessor:
         self.heartbeat = heartbeat
         self.epoch = 0  # nonzero while primary
         self.commands_handled = 0
+        self.shed = 0  # commands answered `busy` because their channel was over its share
         self.on_role_change: Callable[[bool], None] | None = None
         self._rejected: OrderedDict[str, Reply] = OrderedDict()
         self._conn: Any = None
@@ -120,28 +124,35 @@ class CommandProcessor:
         try:
             ch = conn.channel()
             declare(ch, self.names)
-            ch.basic_qos(prefetch_count=_BATCH)
+            # Take far more than one batch off the queue, so a flood in front of a command does not hide it.
+            ch.basic_qos(prefetch_count=_PREFETCH)
             log_ch = conn.channel()
             log_ch.confirm_delivery()
-            batch: list[tuple[Any, Any, bytes]] = []
+            inbox: FairInbox[tuple[Any, Any, bytes]] = FairInbox(per_channel=_PER_CHANNEL)
 
             def on_command(_ch: Any, method: Any, props: Any, body: bytes) -> None:
-                batch.append((method, props, body))
+                if props.type == TICK:
+                    channel = TICK
+                else:
+                    channel = str(props.reply_to or "")
+                if not inbox.add(channel, (method, props, body)):
+                    self._shed(ch, method, props, body)
 
             ch.basic_consume(self.names.commands, on_command)
             while not stop.is_set() and self.follower.halted is None:
-                conn.process_data_events(time_limit=0.1)
+                conn.process_data_events(time_limit=0 if len(inbox) else 0.1)
                 if not self.certified():
                     raise Deposed("this replica is no longer in the operator's roster")
-                if not batch:
+                if not len(inbox):
                     if self.epoch and not self.is_primary:
                         raise Deposed(f"epoch {self.follower.state.epoch} belongs to {self.follower.state.primary}")
                     continue
-                work, batch[:] = batch[:_BATCH], batch[_BATCH:]
+                work = inbox.take(_BATCH)
                 try:
                     self._handle(ch, log_ch, work)
                 except Deposed:
-                    ch.basic_nack(work[-1][0].delivery_tag, multiple=True, requeue=True)
+                    for method, _props, _body in work:
+                        ch.basic_nack(method.delivery_tag, requeue=True)
                     raise
         finally:
             try:
@@ -233,7 +244,8 @@ class CommandProcessor:
             if made is not None:
                 reply = reply.model_copy(update={"seq": final[made.entry_id].last_seq})
             self._reply(ch, props, reply, body)
-        ch.basic_ack(batch[-1][0].delivery_tag, multiple=True)
+        for method, _props, _body in batch:  # one by one: turns reorder deliveries, so no multiple-ack
+            ch.basic_ack(method.delivery_tag)
         self.commands_handled += len(replies)
 
     def _decide(self, tentative: State, props: Any, body: bytes, ctx: Context, ch: Any
@@ -297,6 +309,14 @@ class CommandProcessor:
         reply = reply.signed_by(self.key, self.replica_id, digest(request))
         ch.basic_publish("", props.reply_to, reply.to_bytes(),
                          pika.BasicProperties(correlation_id=props.correlation_id, content_type="application/json"))
+
+    def _shed(self, ch: Any, method: Any, props: Any, body: bytes) -> None:
+        """Answer a command of a channel over its share with `busy` at once: nothing decided, nothing kept."""
+        self.shed += 1
+        ident = str(props.correlation_id or "unknown")[:80]
+        busy = errors.Busy("too many of your commands are waiting; retry after the ones already sent are answered")
+        self._reply(ch, props, Reply.failure(ident, busy, self.replica_id), body)
+        ch.basic_ack(method.delivery_tag)
 
     def _dead_letter(self, ch: Any, props: Any, body: bytes, reason: str) -> None:
         log.warning("dead-lettering a command: %s", reason)
