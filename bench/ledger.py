@@ -39,7 +39,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,24 +63,32 @@ class BenchFailed(RuntimeError):
 
 @dataclass
 class _Cluster:
-    """Replica processes on a prefix and ACB_HOME of their own; ``close`` leaves nothing behind."""
+    """Replica processes in a throwaway vhost (its peer and replica accounts) and an ACB_HOME of their own;
+    ``close`` leaves nothing behind but the vhost, which the caller removes."""
 
-    url: str
+    roles: Any  # broker.admin.BrokerRoles
     work: Path
-    names: Any
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
+    @property
+    def url(self) -> str:
+        return str(self.roles.peer_url)
+
+    @property
+    def names(self) -> Any:
+        return self.roles.names
+
     @classmethod
-    def create(cls, url: str) -> _Cluster:
-        from broker.topology import Names
+    def create(cls, roles: Any) -> _Cluster:
         from ledger.keys import init_system
 
         work = Path(tempfile.mkdtemp(prefix="acb-bench-ledger-"))
         init_system(work)
-        return cls(url, work, Names(f"bench-{uuid.uuid4().hex[:8]}"))
+        return cls(roles, work)
 
     def start(self, rid: str) -> None:
-        env = {**os.environ, "ACB_HOME": str(self.work), "ACB_PREFIX": self.names.prefix, "ACB_BROKER_URL": self.url}
+        env = {**os.environ, "ACB_HOME": str(self.work), "ACB_PREFIX": self.names.prefix, "ACB_BROKER_URL": self.url,
+               "ACB_REPLICA_BROKER_URL": self.roles.replica_url, "ACB_OPERATOR_BROKER_URL": self.roles.operator_url}
         env.pop("ACB_STORE_URL", None)
         cmd = [sys.executable, "-m", "peer.cli", "ledger", "run", "--replica-id", rid,
                "--store", f"sqlite:///{self.work / (rid + '.db')}"]
@@ -98,17 +105,13 @@ class _Cluster:
             dead = {rid: p.returncode for rid, p in self.procs.items() if p.poll() is not None}
             if dead:
                 raise BenchFailed(f"replica(s) exited before the run: {dead}; logs in {self.work}")
-            rows = collect_status(self.url, self.names, 1.2)
+            rows = collect_status(self.roles.operator_url, self.names, 1.2, home=self.work)
             primaries = [r for r in rows if r["role"] == "primary"]
             if len(rows) >= replicas and len(primaries) == 1:
                 return primaries[0]
         raise BenchFailed(f"no primary among {replicas} replica(s) within {timeout:.0f} s; last status: {rows}")
 
     def close(self) -> None:
-        from broker.client import connect
-        from broker.errors import BrokerError
-        from broker.topology import declare, delete
-
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -119,14 +122,6 @@ class _Cluster:
                 proc.kill()
                 proc.wait()
         self.procs.clear()
-        try:
-            conn = connect(self.url, name="acb-bench-cleanup")
-            ch = conn.channel()
-            declare(ch, self.names)  # so delete finds every object, whatever the run got to
-            delete(ch, self.names)
-            conn.close()
-        except BrokerError:
-            pass
         shutil.rmtree(self.work, ignore_errors=True)
 
 
@@ -199,6 +194,9 @@ def _baseline(broker: Any, envelopes: list[Any], tally: _Tally) -> _Sample:
     return _Sample(time.perf_counter() - t0, len(envelopes), latencies)
 
 
+_WINDOW = 200  # pipelined commands in flight at once
+
+
 def _pipelined(url: str, names: Any, envelopes: list[Any], tally: _Tally) -> _Sample:
     """Publish every command without waiting; take the answers as they come on direct reply-to."""
     import pika
@@ -220,6 +218,9 @@ def _pipelined(url: str, names: Any, envelopes: list[Any], tally: _Tally) -> _Sa
         ch.basic_consume(reply_to, on_reply, auto_ack=True)
         t0 = time.perf_counter()
         for i, env in enumerate(envelopes):
+            # At most a window in flight: the primary answers `busy` to a channel with more than its share waiting.
+            while len(sent_at) - len(answered) >= _WINDOW:
+                conn.process_data_events(time_limit=0.01)
             sent_at[env.id] = time.perf_counter()
             ch.basic_publish(names.commands, "command", env.to_bytes(), pika.BasicProperties(
                 reply_to=reply_to, correlation_id=env.id, content_type="application/json", delivery_mode=2,
@@ -273,14 +274,26 @@ def _concurrent(brokers: list[Any], envelopes: list[Any], tally: _Tally) -> _Sam
 def run(commands: int = 3000, replicas: int = 1, *, sequential: int | None = None, repeats: int = 3,
         url: str | None = None, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the benchmark and return its summary (see the module docstring); raise BenchFailed on a bad answer."""
+    from broker.admin import AdminApi, amqp_base, read_admin_url, scratch_roles
+
+    home = Path(os.environ.get("ACB_HOME") or Path.home() / ".acb")
+    base = url or os.environ.get("ACB_BROKER_URL")
+    with scratch_roles(AdminApi(read_admin_url(home)), prefix="bench", label="bench",
+                       amqp=amqp_base(base) if base else None) as roles:
+        return _run(roles, commands, replicas, sequential, repeats, say)
+
+
+def _run(roles: Any, commands: int, replicas: int, sequential: int | None, repeats: int,
+         say: Callable[[str], None]) -> dict[str, Any]:
     from broker.client import BrokerClient
+    from broker.trust import Trust
     from ledger.keys import load_operator_key
     from peer.client import Client
 
-    url = url or os.environ.get("ACB_BROKER_URL") or "amqp://guest:guest@127.0.0.1:5672/"
     sequential = sequential or max(commands // 10, 20)
     began = time.monotonic()
-    cluster = _Cluster.create(url)
+    cluster = _Cluster.create(roles)
+    url = cluster.url
     brokers: list[Any] = []
     samples: dict[str, list[_Sample]] = {m: [] for m in _MODES}
     tally = _Tally()
@@ -290,12 +303,12 @@ def run(commands: int = 3000, replicas: int = 1, *, sequential: int | None = Non
         primary = cluster.wait_ready(replicas)
         say(f"{replicas} replica(s) on prefix {cluster.names.prefix}; primary {primary['replica']} "
             f"(pid {primary['pid']})")
-        user = Client(BrokerClient(url, cluster.names), cluster.work)
+        user = Client(BrokerClient(url, cluster.names, trust=Trust.load(cluster.work)), cluster.work)
         brokers.append(user.broker)
         user.register(_ACCOUNT, "bench-password")
         key = load_operator_key(cluster.work)
-        single = BrokerClient(url, cluster.names, declare_topology=False)
-        clients = [BrokerClient(url, cluster.names, declare_topology=False) for _ in range(CLIENTS)]
+        single = BrokerClient(url, cluster.names, trust=Trust.load(cluster.work))
+        clients = [BrokerClient(url, cluster.names, trust=Trust.load(cluster.work)) for _ in range(CLIENTS)]
         brokers += [single, *clients]
         # Untimed: open every connection and let the primary warm up.
         warm = _deposits(key, CLIENTS + 1 + 200)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import ssl
 import time
 from collections.abc import Callable
@@ -43,6 +44,7 @@ __all__ = ["BrokerClient", "connect", "tls_context"]
 
 log = logging.getLogger(__name__)
 _REPLY_TO = "amq.rabbitmq.reply-to"
+_NO_LEDGER_PATIENCE = 10.0  # seconds to wait for a replica to create the ledger's queues
 
 
 def tls_context(url: str) -> ssl.SSLContext:
@@ -72,16 +74,21 @@ def connect(url: str, *, heartbeat: int = 10, name: str = "acb") -> pika.Blockin
     params.client_properties = {"connection_name": name}
     try:
         return pika.BlockingConnection(params)
+    except ssl.SSLCertVerificationError as exc:
+        raise errors.BrokerRefused(f"the broker at {_safe(url)} did not present a certificate this machine trusts "
+                                   f"(set ACB_BROKER_CA to the CA that signed it)") from exc
     except pika.exceptions.ProbableAuthenticationError as exc:
-        raise errors.BrokerUnavailable(f"RabbitMQ at {_safe(url)} refused the user name or password") from exc
+        raise errors.BrokerRefused(f"RabbitMQ at {_safe(url)} refused the user name or password") from exc
     except pika.exceptions.ProbableAccessDeniedError as exc:
-        raise errors.BrokerUnavailable(f"RabbitMQ at {_safe(url)} refused access to its virtual host") from exc
+        raise errors.BrokerRefused(f"RabbitMQ at {_safe(url)} refused access to its virtual host") from exc
     except pika.exceptions.AMQPError as exc:
         cause = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc
-        if isinstance(cause, ssl.SSLError) or "CERTIFICATE" in repr(exc):
-            raise errors.BrokerUnavailable(f"the broker at {_safe(url)} did not present a certificate this "
-                                           f"machine trusts (set ACB_BROKER_CA)") from exc
-        raise errors.BrokerUnavailable(f"cannot reach RabbitMQ at {_safe(url)}: {exc!r}") from exc
+        if isinstance(cause, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in repr(exc):
+            raise errors.BrokerRefused(f"the broker at {_safe(url)} did not present a certificate this machine "
+                                       f"trusts (set ACB_BROKER_CA to the CA that signed it)") from exc
+        raise errors.BrokerUnavailable(f"cannot reach RabbitMQ at {_safe(url)}: {type(cause).__name__}") from exc
+    except (ssl.SSLError, OSError) as exc:
+        raise errors.BrokerUnavailable(f"cannot reach RabbitMQ at {_safe(url)}: {exc.strerror or exc}") from exc
 
 
 def _safe(url: str) -> str:
@@ -201,8 +208,23 @@ class BrokerClient:
                 reply = self._await(envelope.id, request, trust, min(deadline, time.monotonic() + attempt_timeout))
                 if reply is not None:
                     return reply
-            except pika.exceptions.UnroutableError as exc:
-                raise errors.BrokerUnavailable(f"no queue takes {exchange}: is a ledger set up?") from exc
+            except pika.exceptions.NackError:
+                # The broker refused the message for now (the reads queue is full): back off, then resend.
+                time.sleep(0.1 + random.random() * 0.4)
+            except (pika.exceptions.UnroutableError, pika.exceptions.ChannelClosedByBroker) as exc:
+                # No replica has declared the ledger's queues yet (peers may not declare them): one may be
+                # starting, so wait a while, then say so plainly.
+                if isinstance(exc, pika.exceptions.ChannelClosedByBroker) and exc.reply_code == 403:
+                    raise errors.BrokerRefused(f"this account may not publish to {exchange}: is ACB_PREFIX "
+                                               f"({self.names.prefix}) right?") from exc
+                if isinstance(exc, pika.exceptions.ChannelClosedByBroker) and exc.reply_code != 404:
+                    raise errors.BrokerRefused(f"the broker refused the message: {exc.reply_text}") from exc
+                self.close()
+                if time.monotonic() - start >= min(timeout, _NO_LEDGER_PATIENCE):
+                    raise errors.BrokerUnavailable(f"no ledger answers on {exchange}: is a replica running?") from exc
+                time.sleep(0.2)
+            except errors.BrokerRefused:
+                raise
             except (pika.exceptions.AMQPError, errors.BrokerUnavailable, OSError) as exc:
                 log.info("broker connection lost (%r); retrying", exc)
                 self.close()
@@ -235,6 +257,8 @@ class BrokerClient:
         if reply.id != ident or reply.request != request or reply.signature is None:
             self._dropped(f"a reply not bound to request {ident[:12]}")
             return None
+        if trust.replica_key(reply.signer) is None:
+            trust.reload()
         if trust.replica_key(reply.signer) is None:
             self._refresh_roster(trust)
         key = trust.replica_key(reply.signer)

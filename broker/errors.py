@@ -2,6 +2,7 @@
 
     BrokerError                      anything this package raises
     ├── BrokerUnavailable            RabbitMQ cannot be reached or dropped us
+    │   └── BrokerRefused            it refused us for good: credentials, permissions, certificate
     ├── ReplyTimeout                 no answer in time (the command may still apply)
     ├── ConfigurationError           a key, URL or certificate this process needs is missing
     ├── MalformedMessage             bytes that do not parse into one of our models
@@ -22,7 +23,8 @@ back into the registered class so callers can catch what they expect.
 from __future__ import annotations
 
 __all__ = [
-    "BrokerError", "BrokerUnavailable", "ReplyTimeout", "ConfigurationError", "MalformedMessage", "CommandRejected",
+    "BrokerError", "BrokerUnavailable", "BrokerRefused", "ReplyTimeout", "ConfigurationError", "MalformedMessage",
+    "CommandRejected",
     "ContentError", "DecryptionFailed", "ProofInvalid", "SignatureInvalid",
     "RemoteError", "rejection", "CODES",
 ]
@@ -34,6 +36,10 @@ class BrokerError(Exception):
 
 class BrokerUnavailable(BrokerError):
     """RabbitMQ could not be reached, or the connection broke."""
+
+
+class BrokerRefused(BrokerUnavailable):
+    """The broker said no for good (credentials, permissions, an untrusted certificate): retrying will not help."""
 
 
 class ReplyTimeout(BrokerError):

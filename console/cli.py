@@ -11,7 +11,7 @@ __all__ = ["status"]
 
 
 def status(args: argparse.Namespace, settings: Any) -> int:
-    rows = collect_status(settings.broker_url, settings.names, args.wait, home=settings.home)
+    rows = collect_status(settings.operator_broker_url, settings.names, args.wait, home=settings.home)
     if args.json:
         print(json.dumps({"replicas": rows}, sort_keys=True))
         return 0 if rows else 1

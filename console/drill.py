@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from broker import commands as c
-from broker.client import BrokerClient, connect
+from broker.client import BrokerClient
 from broker.errors import BrokerError
-from broker.topology import Names, delete
+from broker.topology import Names
+from broker.trust import Trust
 from console.netns import NetnsLink, netns_available
 from console.status import collect_status
 
@@ -61,7 +62,8 @@ class _Replica:
                "--hold-ttl", "600"]
         env = dict(self.env)
         if self.link is not None:
-            env["ACB_BROKER_URL"] = self.link.broker_url(env["ACB_BROKER_URL"])
+            for var in ("ACB_BROKER_URL", "ACB_REPLICA_BROKER_URL"):
+                env[var] = self.link.broker_url(env[var])
             cmd = ["ip", "netns", "exec", self.link.ns] + cmd
         with self.log.open("ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
@@ -123,8 +125,8 @@ def _buyer(load: _Load, url: str, names: Names, home: Path, consumer: Any, provi
     from broker.sealing import escrow_info, seal_to
     from peer.client import Client
 
-    buyer = Client(BrokerClient(url, names), home, consumer)
-    seller = Client(BrokerClient(url, names), home, provider)
+    buyer = Client(BrokerClient(url, names, trust=Trust.load(home)), home, consumer)
+    seller = Client(BrokerClient(url, names, trust=Trust.load(home)), home, provider)
     ledger_key = bytes.fromhex(buyer.ledger_info()["ledger_box_key"])
     try:
         while not load.stop.is_set():
@@ -135,7 +137,8 @@ def _buyer(load: _Load, url: str, names: Names, home: Path, consumer: Any, provi
             k = os.urandom(32)
             sealed = b64e(seal_to(ledger_key, k, escrow_info(sale_id)))
             if not _send(load, seller, c.EscrowKey(sale_id=sale_id, sealed_key=sealed,
-                                                   key_commitment=key_commitment(sale_id, k)),
+                                                   key_commitment=key_commitment(sale_id, k), doc_id=doc_id,
+                                                   merkle_root="0" * 64),
                          provider.login, provider.sign_key):
                 continue
             _send(load, buyer, c.SettleSale(sale_id=sale_id), consumer.login, consumer.sign_key)
@@ -144,8 +147,9 @@ def _buyer(load: _Load, url: str, names: Names, home: Path, consumer: Any, provi
         seller.broker.close()
 
 
-def _primary(url: str, names: Names, replicas: dict[str, _Replica], wait: float = 1.5) -> tuple[str | None, int]:
-    rows = collect_status(url, names, wait)
+def _primary(url: str, names: Names, replicas: dict[str, _Replica], wait: float = 1.5, *,
+             home: Path) -> tuple[str | None, int]:
+    rows = collect_status(url, names, wait, home=home)
     prim = [r for r in rows if r["role"] == "primary" and r["replica"] in replicas]
     if not prim:
         return None, max((r["epoch"] for r in rows), default=0)
@@ -154,29 +158,46 @@ def _primary(url: str, names: Names, replicas: dict[str, _Replica], wait: float 
 
 
 def _await_new_primary(url: str, names: Names, replicas: dict[str, _Replica], old: str, epoch: int,
-                       timeout: float) -> str | None:
+                       timeout: float, *, home: Path) -> str | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        rid, ep = _primary(url, names, replicas, 1.1)
+        rid, ep = _primary(url, names, replicas, 1.1, home=home)
         if rid is not None and rid != old and ep > epoch:
             return rid
     return None
 
 
 def drill(replicas: int = 3, rounds: int = 5, *, clients: int = 4, faults: tuple[str, ...] = DEFAULT_FAULTS,
-          round_seconds: float = 2.0, url: str | None = None, say: Any = print, keep: bool = False) -> dict[str, Any]:
-    """Run the drill and return its report (see the module docstring)."""
+          round_seconds: float = 2.0, url: str | None = None, say: Any = print, keep: bool = False,
+          home: Path | None = None) -> dict[str, Any]:
+    """Run the drill in a throwaway vhost with ACB's roles and return its report (see the module docstring).
+
+    ``url`` says where the broker is (its user and vhost are not used); ``home`` holds the broker
+    administrator's URL that `.ci/setup.sh` wrote (default ``ACB_HOME`` or ``~/.acb``).
+    """
+    from broker.admin import AdminApi, amqp_base, read_admin_url, scratch_roles
+
+    home = home or Path(os.environ.get("ACB_HOME") or Path.home() / ".acb")
+    api = AdminApi(read_admin_url(home))
+    with scratch_roles(api, prefix="drill", label="drill", amqp=amqp_base(url) if url else None, keep=keep) as roles:
+        return _drill(roles, replicas, rounds, clients=clients, faults=faults, round_seconds=round_seconds, say=say,
+                      keep=keep)
+
+
+def _drill(roles: Any, replicas: int, rounds: int, *, clients: int, faults: tuple[str, ...], round_seconds: float,
+           say: Any, keep: bool) -> dict[str, Any]:
     from ledger.keys import init_system, load_operator_key
     from peer.client import Client
 
-    url = url or os.environ.get("ACB_BROKER_URL") or "amqp://guest:guest@127.0.0.1:5672/"
+    url, names = roles.peer_url, roles.names
     if "cut" in faults and not netns_available():
         say("network cuts need root and `ip netns`; running kill and pause rounds only")
         faults = tuple(f for f in faults if f != "cut") or ("kill",)
     work = Path(tempfile.mkdtemp(prefix="acb-drill-"))
-    names = Names(f"drill-{uuid.uuid4().hex[:8]}")
     init_system(work)
-    env = {**os.environ, "ACB_HOME": str(work), "ACB_PREFIX": names.prefix, "ACB_BROKER_URL": url}
+    env = {**os.environ, "ACB_HOME": str(work), "ACB_PREFIX": names.prefix, "ACB_BROKER_URL": url,
+           "ACB_REPLICA_BROKER_URL": roles.replica_url, "ACB_OPERATOR_BROKER_URL": roles.operator_url}
+    env.pop("ACB_OPERATOR_KEY", None)
     env.pop("ACB_STORE_URL", None)
     procs: dict[str, _Replica] = {}
     links: list[NetnsLink] = []
@@ -193,10 +214,10 @@ def drill(replicas: int = 3, rounds: int = 5, *, clients: int = 4, faults: tuple
             procs[rid] = _Replica(rid, f"sqlite:///{work / (rid + '.db')}", work / f"{rid}.log", env, link)
             procs[rid].start()
         say(f"started {replicas} replicas on prefix {names.prefix} (logs in {work})")
-        admin = Client(BrokerClient(url, names), work)
+        admin = Client(BrokerClient(url, names, trust=Trust.load(work)), work)
         admin.ledger_info()
         op_key = load_operator_key(work)
-        seller = Client(BrokerClient(url, names), work)
+        seller = Client(BrokerClient(url, names, trust=Trust.load(work)), work)
         provider = seller.register("seller", "seller-password")
         seller.send(c.PublishDocument(doc_id="drill-doc", title="drill document", topic="drill", price=100, size=1,
                                       sha256="0" * 64, merkle_root="0" * 64, segment_size=1 << 20,
@@ -204,7 +225,7 @@ def drill(replicas: int = 3, rounds: int = 5, *, clients: int = 4, faults: tuple
         seller.broker.close()
         consumers = []
         for i in range(clients):
-            cl = Client(BrokerClient(url, names), work)
+            cl = Client(BrokerClient(url, names, trust=Trust.load(work)), work)
             cl.register(f"buyer{i}", "buyer-password")
             admin.send(c.Deposit(account=f"buyer{i}", amount=10_000_000), sender=c.OPERATOR, key=op_key)
             consumers.append(cl.identity)
@@ -220,10 +241,10 @@ def drill(replicas: int = 3, rounds: int = 5, *, clients: int = 4, faults: tuple
         for n in range(rounds):
             time.sleep(round_seconds)
             fault = faults[n % len(faults)]
-            old, epoch = _primary(url, names, procs)
+            old, epoch = _primary(roles.operator_url, names, procs, home=work)
             if old is None:
                 say(f"round {n + 1}: no primary visible; waiting")
-                old = _await_new_primary(url, names, procs, "", 0, 15)
+                old = _await_new_primary(roles.operator_url, names, procs, "", 0, 15, home=work)
                 epoch = 0
                 if old is None:
                     raise RuntimeError("no primary emerged")
@@ -243,8 +264,8 @@ def drill(replicas: int = 3, rounds: int = 5, *, clients: int = 4, faults: tuple
             else:
                 assert victim.link is not None
                 victim.link.cut()
-            new = (_await_new_primary(url, names, procs, "", epoch, 60) if fault == "broker"
-                   else _await_new_primary(url, names, procs, old, epoch, 30))
+            new = (_await_new_primary(roles.operator_url, names, procs, "", epoch, 60, home=work) if fault == "broker"
+                   else _await_new_primary(roles.operator_url, names, procs, old, epoch, 30, home=work))
             took = time.monotonic() - strike
             if fault == "kill":
                 victim.start()
@@ -271,7 +292,7 @@ def drill(replicas: int = 3, rounds: int = 5, *, clients: int = 4, faults: tuple
         # Let every replica apply everything, then stop them and audit their stores.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            rows = collect_status(url, names, 1.2)
+            rows = collect_status(roles.operator_url, names, 1.2, home=work)
             if len(rows) == replicas and len({r["seq"] for r in rows}) == 1:
                 break
         for r in procs.values():
@@ -306,6 +327,7 @@ def drill(replicas: int = 3, rounds: int = 5, *, clients: int = 4, faults: tuple
             "unavailable_by_fault": by_fault, "audits_ok": all(a["ok"] for a in audits.values()),
             "events": common, "state_hash": next(iter(hashes.values())), "round_reports": round_reports,
             "client_errors": load.errors[:5],
+            "audit_violations": {rid: a["violations"][:3] for rid, a in audits.items() if not a["ok"]},
         }
         for rid, a in audits.items():
             say(f"audit {rid}: seq {a['head_seq']} state {a['state_hash'][:16]}… "
@@ -317,12 +339,6 @@ def drill(replicas: int = 3, rounds: int = 5, *, clients: int = 4, faults: tuple
             r.stop()
         for link in links:
             link.destroy()
-        try:
-            conn = connect(url)
-            delete(conn.channel(), names)
-            conn.close()
-        except BrokerError:
-            pass
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -335,7 +351,7 @@ def main(args: argparse.Namespace, settings: Any) -> int:
         return 2
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else (lambda m: print(m, flush=True))
     report = drill(args.replicas, args.rounds, clients=args.clients, faults=faults, round_seconds=args.round_seconds,
-                   url=settings.broker_url, say=say, keep=args.keep)
+                   url=settings.peer_url, say=say, keep=args.keep, home=settings.home)
     ok = (report["lost"] == 0 and report["duplicated"] == 0 and report["money_conserved"]
           and report["replicas_identical"])
     if args.json:

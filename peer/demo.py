@@ -18,17 +18,17 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from broker import commands as c
 from broker import queries as q
-from broker.client import BrokerClient, connect
+from broker.admin import AdminApi, BrokerRoles, amqp_base, read_admin_url, scratch_roles
+from broker.client import BrokerClient
 from broker.errors import BrokerError
 from broker.money import fee as commission
 from broker.money import format_minor
-from broker.topology import Names, delete
+from broker.trust import Trust
 from ledger.keys import init_system, load_operator_key
 from peer.client import Client
 from peer.config import Settings
@@ -78,15 +78,27 @@ def _wait_ready(client: Client, procs: list[subprocess.Popen[bytes]], timeout: f
 
 
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the demo in a throwaway RabbitMQ vhost with ACB's three roles, removed afterwards."""
+    api = AdminApi(read_admin_url(settings.home))
+    base = amqp_base(settings.peer_url) if settings.peer_url else None
+    keep = bool(getattr(args, "keep", False))
+    with scratch_roles(api, prefix="demo", label="demo", amqp=base, keep=keep) as roles:
+        return _run(args, roles)
+
+
+def _run(args: argparse.Namespace, roles: BrokerRoles) -> int:
     say = _Narrator()
     work = Path(tempfile.mkdtemp(prefix="acb-demo-"))
-    names = Names(f"demo-{uuid.uuid4().hex[:8]}")
-    env = {**os.environ, "ACB_HOME": str(work), "ACB_PREFIX": names.prefix, "ACB_BROKER_URL": settings.broker_url}
+    names = roles.names
+    env = {**os.environ, "ACB_HOME": str(work), "ACB_PREFIX": names.prefix, "ACB_BROKER_URL": roles.peer_url,
+           "ACB_REPLICA_BROKER_URL": roles.replica_url, "ACB_OPERATOR_BROKER_URL": roles.operator_url}
     env.pop("ACB_STORE_URL", None)
+    env.pop("ACB_OPERATOR_KEY", None)
     procs: list[subprocess.Popen[bytes]] = []
     acb = [sys.executable, "-m", "peer.cli"]
     try:
-        say(f"setting up in {work} on RabbitMQ {names.prefix}.* (a private prefix, removed afterwards)")
+        say(f"setting up in {work} on RabbitMQ vhost {roles.vhost} (private, with its own peer and replica "
+            "accounts; removed afterwards)")
         init_system(work)
         store = f"sqlite:///{work / 'ledger.db'}"
         with (work / "ledger.log").open("wb") as log:  # the child keeps its own descriptor
@@ -94,8 +106,10 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
                                           env=env, stdout=subprocess.DEVNULL, stderr=log))
         brokers: list[BrokerClient] = []
 
+        trust = Trust.load(work)
+
         def client() -> Client:
-            b = BrokerClient(settings.broker_url, names)
+            b = BrokerClient(roles.peer_url, names, trust=trust)
             brokers.append(b)
             return Client(b, work)
 
@@ -147,7 +161,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
             raise RuntimeError("search found nothing")
 
         out = work / "bob" / "report.bin"
-        result = bob.buy(hits[0]["doc_id"], out, on_step=say.detail)
+        result = bob.buy(hits[0]["doc_id"], out, on_step=say.detail, agreed_price=hits[0]["price"])
         say(f"bob bought {hits[0]['doc_id']}: downloaded over TLS, settled, received the key, decrypted")
 
         operator.last_seq = max(bob.last_seq, alice.last_seq)
@@ -182,12 +196,6 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
             if p.stdout is not None:
                 p.stdout.close()
         if not getattr(args, "keep", False):
-            try:
-                conn = connect(settings.broker_url)
-                delete(conn.channel(), names)
-                conn.close()
-            except BrokerError:
-                pass
             shutil.rmtree(work, ignore_errors=True)
         else:
-            print(f"kept {work} and broker prefix {names.prefix}", file=sys.stderr)
+            print(f"kept {work} and broker vhost {roles.vhost}", file=sys.stderr)

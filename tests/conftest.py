@@ -241,8 +241,11 @@ class Book:
                        commitment: str | None = None) -> c.EscrowKey:
         """An escrow of ``key``; ``sealed_for`` seals it for another sale id, ``commitment`` overrides."""
         sealed = seal_to(self.ledger_public, key, escrow_info(sealed_for or sale_id))
+        sale = self.state.sales.get(sale_id)
+        doc = self.state.documents.get(sale.doc_id) if sale is not None else None
         return c.EscrowKey(sale_id=sale_id, sealed_key=b64e(sealed),
-                           key_commitment=commitment or content.key_commitment(sale_id, key))
+                           key_commitment=commitment or content.key_commitment(sale_id, key),
+                           doc_id=doc.doc_id if doc else "no-such-doc", merkle_root=doc.merkle_root if doc else "0" * 64)
 
     def escrow(self, sale_id: str, key: bytes | None = None) -> bytes:
         key = key or os.urandom(32)
@@ -348,17 +351,30 @@ def pg_url() -> Iterator[str]:
 
 @dataclass
 class Deployment:
-    """One running ledger replica on a private prefix, and the clients made against it."""
+    """One running ledger replica in a throwaway vhost with ACB's roles, and the clients made against it.
+
+    The replica runs on the replica account and clients on the peer account, as in production;
+    ``admin_url`` (all rights on the vhost) is for the harness and for attackers in attack tests.
+    """
 
     home: Path
-    names: Any
+    roles: Any  # tests.support.broker_roles.RoleVhost
     store_url: str
     replica: Any
     clients: list[Any] = field(default_factory=list)
 
     @property
+    def names(self) -> Any:
+        return self.roles.names
+
+    @property
     def url(self) -> str:
-        return AMQP_URL
+        """The peer role's URL: what every client of this deployment uses."""
+        return str(self.roles.peer_url)
+
+    @property
+    def admin_url(self) -> str:
+        return str(self.roles.admin_url)
 
     @property
     def state(self) -> State:
@@ -383,14 +399,14 @@ class Deployment:
         from broker.client import BrokerClient
         from peer.client import Client
 
-        cl = Client(BrokerClient(AMQP_URL, self.names, trust=self.trust()), self.home)
+        cl = Client(BrokerClient(self.url, self.names, trust=self.trust()), self.home)
         self.clients.append(cl)
         return cl
 
     def broker(self) -> Any:
         from broker.client import BrokerClient
 
-        bc = BrokerClient(AMQP_URL, self.names, trust=self.trust())
+        bc = BrokerClient(self.url, self.names, trust=self.trust())
         self.clients.append(bc)
         return bc
 
@@ -398,7 +414,7 @@ class Deployment:
         from ledger.keys import load_system
         from ledger.replica import Replica, ReplicaConfig
 
-        config = ReplicaConfig("r1", AMQP_URL, self.store_url, self.names, status_interval=1.0)
+        config = ReplicaConfig("r1", self.roles.replica_url, self.store_url, self.names, status_interval=1.0)
         self.replica = Replica(config, load_system(self.home))
         self.replica.start()
 
@@ -415,20 +431,18 @@ class Deployment:
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """A ledger replica (SQLite store) on a prefix of this module's own."""
-    from broker.topology import Names
+    """A ledger replica (SQLite store) in a vhost of this module's own, with ACB's broker roles."""
     from ledger.keys import init_system
+    from tests.support.broker_roles import role_vhost
 
     home = tmp_path_factory.mktemp("acb-home")
     init_system(home)
-    names = Names(unique_prefix())
-    dep = Deployment(home, names, f"sqlite:///{home / 'r1.db'}", None)
     # Peers made by the tests trust this deployment's operator (broker.trust.Trust.from_env reads ACB_HOME).
-    with pytest.MonkeyPatch.context() as mp:
+    with role_vhost(prefix=unique_prefix()) as roles, pytest.MonkeyPatch.context() as mp:
+        dep = Deployment(home, roles, f"sqlite:///{home / 'r1.db'}", None)
         mp.setenv("ACB_HOME", str(home))
         try:
             dep.start()
             yield dep
         finally:
             dep.close()
-            delete_topology(names)

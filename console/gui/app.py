@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from PySide6.QtWidgets import QApplication
 
@@ -29,7 +30,7 @@ def build_window(settings: Settings, runner: Runner, *, interval: float = 1.0) -
 def run(settings: Settings, *, screenshot: Path | None = None, interval: float = 1.0,
         timeout_s: float = 30.0) -> int:
     """Run the console; with ``screenshot``, save the window once replicas have reported, and exit."""
-    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app = cast(QApplication, QApplication.instance()) or QApplication(sys.argv[:1])
     app.setApplicationName("ACB console")
     runner = Runner()
     window = build_window(settings, runner, interval=interval)

@@ -234,8 +234,8 @@ class ConsoleWindow(QMainWindow):
         wait = max(1.05, self.interval)  # every replica reports once a second
 
         def job() -> tuple[list[dict[str, Any]], DeadLetters]:
-            statuses = collect_status(s.broker_url, s.names, wait, home=s.home)
-            return statuses, read_dead_letters(s.broker_url, s.names, peek=_PEEK, known_count=known)
+            statuses = collect_status(s.operator_broker_url, s.names, wait, home=s.home)
+            return statuses, read_dead_letters(s.operator_broker_url, s.names, peek=_PEEK, known_count=known)
 
         def done(res: tuple[list[dict[str, Any]], DeadLetters]) -> None:
             self._polling = False

@@ -1,4 +1,10 @@
-"""End-to-end fixtures: replicas and CLI commands as separate processes, as a user starts them."""
+"""End-to-end fixtures: replicas and CLI commands as separate processes, as a user starts them.
+
+Each cluster lives in a throwaway RabbitMQ vhost with ACB's three roles (tests/support/broker_roles.py):
+replicas run on the replica account, the CLI and the test's clients on the peer account, status on the
+operator's, as in production. Only the test harness (and the attacker in attack tests) uses the
+administrator's URL.
+"""
 from __future__ import annotations
 
 import json
@@ -15,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from broker.client import connect
-from broker.topology import Names, delete
+from broker.topology import Names
 from console.status import collect_status
 from ledger.keys import init_system
+from tests.support.broker_roles import RoleVhost, role_vhost
 
 AMQP_URL = os.environ.get("ACB_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 ACB = [sys.executable, "-m", "peer.cli"]
@@ -29,14 +35,28 @@ class Cluster:
     """A private ACB installation: its own ACB_HOME, broker prefix and replica processes."""
 
     home: Path
-    names: Names
+    roles: RoleVhost
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
+    def names(self) -> Names:
+        return self.roles.names
+
+    @property
+    def peer_url(self) -> str:
+        return self.roles.peer_url
+
+    @property
+    def admin_url(self) -> str:
+        # The administrator on this cluster's vhost: all rights (the harness, and attackers in attack tests).
+        return self.roles.admin_url
+
+    @property
     def env(self) -> dict[str, str]:
-        env = {**os.environ, "ACB_HOME": str(self.home), "ACB_PREFIX": self.names.prefix, "ACB_BROKER_URL": AMQP_URL}
+        env = {**os.environ, "ACB_HOME": str(self.home), **self.roles.env()}
         env.pop("ACB_STORE_URL", None)
         env.pop("ACB_USER", None)
+        env.pop("ACB_OPERATOR_KEY", None)
         return env
 
     def store(self, rid: str) -> str:
@@ -72,7 +92,7 @@ class Cluster:
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     def status(self, wait: float = 1.5) -> list[dict[str, Any]]:
-        return collect_status(AMQP_URL, self.names, wait, home=self.home)
+        return collect_status(self.roles.operator_url, self.names, wait, home=self.home)
 
     def wait_for(self, predicate: Any, timeout: float = 30.0, what: str = "condition") -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
@@ -93,12 +113,10 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster
     home = tmp_path / "acb"
     init_system(home)
     monkeypatch.setenv("ACB_HOME", str(home))  # the test's own clients trust this cluster's operator
-    c = Cluster(home, Names(f"e2e-{uuid.uuid4().hex[:8]}"))
-    try:
-        yield c
-    finally:
-        for rid in list(c.procs):
-            c.stop(rid, signal.SIGKILL)
-        conn = connect(AMQP_URL)
-        delete(conn.channel(), c.names)
-        conn.close()
+    with role_vhost(prefix=f"e2e-{uuid.uuid4().hex[:8]}") as roles:
+        c = Cluster(home, roles)
+        try:
+            yield c
+        finally:
+            for rid in list(c.procs):
+                c.stop(rid, signal.SIGKILL)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -78,6 +79,11 @@ def test_login_errors_are_one_clear_line(cluster: Cluster, tmp_path: Path) -> No
     # Another machine: an empty ACB_HOME profile, so the keystore comes from the ledger.
     other = {"ACB_HOME": str(tmp_path / "laptop")}
     os.makedirs(other["ACB_HOME"], exist_ok=True)
+    # Without the operator's public key it cannot tell the real ledger's answers from forgeries: it says so.
+    blind = cluster.acb("login", "carol", env={**other, "ACB_PASSWORD": "carol-secret"})
+    assert blind.returncode == 1 and blind.stderr.strip().splitlines()[-1].startswith("acb: no operator public key")
+    # What a peer machine is given with the broker URL: the operator's public key.
+    shutil.copy(cluster.home / "system" / "operator.pub", tmp_path / "laptop" / "operator.pub")
     wrong = cluster.acb("login", "carol", env={**other, "ACB_PASSWORD": "not-her-password"})
     assert wrong.returncode == 1
     assert wrong.stderr.strip().splitlines()[-1] == "acb: wrong password for carol"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from console.netns import NetnsLink, netns_available
-from tests.e2e.conftest import ACB, AMQP_URL, Cluster
+from tests.e2e.conftest import ACB, Cluster
 
 ALICE = {"ACB_USER": "alice", "ACB_PASSWORD": "alice-secret-1"}
 BOB = {"ACB_USER": "bob", "ACB_PASSWORD": "bob-secret-12", "ACB_IO_TIMEOUT": "3"}
@@ -119,7 +119,7 @@ def test_download_resumes_after_the_link_is_cut(cluster: Cluster, tmp_path: Path
         port = 7700
         doc, doc_id = _market(cluster, tmp_path, f"{link.ns_ip}:{port}")
         serve = _serve(cluster, f"{link.ns_ip}:{port}", rate="2", prefix=["ip", "netns", "exec", link.ns],
-                       env={"ACB_BROKER_URL": link.broker_url(AMQP_URL)})
+                       env={"ACB_BROKER_URL": link.broker_url(cluster.peer_url)})
         out = tmp_path / "got.bin"
         buying = _buy(cluster, doc_id, out)
         try:

@@ -26,7 +26,7 @@ from ledger.model import state_hash
 from peer.client import Client
 from peer.errors import WrongPassword
 from peer.identity import open_keystore
-from tests.conftest import AMQP_URL, Deployment, Member
+from tests.conftest import Deployment, Member
 
 pytestmark = pytest.mark.timeout(90)
 _REPLY_TO = "amq.rabbitmq.reply-to"
@@ -37,10 +37,13 @@ class RawPublisher:
 
     def __init__(self, deployment: Deployment) -> None:
         self.names = deployment.names
-        self.conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+        self.conn = pika.BlockingConnection(pika.URLParameters(deployment.url))
         self.ch = self.conn.channel()
         self.replies: dict[str, bytes] = {}
         self.ch.basic_consume(_REPLY_TO, self._on_reply, auto_ack=True)
+        # Peers may not read the dead-letter queue; the test looks at it as the operator does.
+        self.operator = pika.BlockingConnection(pika.URLParameters(deployment.roles.operator_url))
+        self.operator_ch = self.operator.channel()
 
     def _on_reply(self, _ch: Any, _method: Any, props: Any, body: bytes) -> None:
         self.replies[props.correlation_id] = body
@@ -58,9 +61,9 @@ class RawPublisher:
         """The dead-lettered message with this correlation id (others found on the way are dropped)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            method, props, body = self.ch.basic_get(self.names.dlq, auto_ack=True)
+            method, props, body = self.operator_ch.basic_get(self.names.dlq, auto_ack=True)
             if method is None:
-                self.conn.process_data_events(time_limit=0.1)
+                self.operator.process_data_events(time_limit=0.1)
                 continue
             if props.correlation_id == correlation_id:
                 return props, body
@@ -68,6 +71,7 @@ class RawPublisher:
 
     def close(self) -> None:
         self.conn.close()
+        self.operator.close()
 
 
 @dataclass
@@ -91,8 +95,10 @@ class World:
 
 def _escrow(client: Client, ledger_public: bytes, sale_id: str) -> None:
     key = os.urandom(32)
+    doc = client.document(client.sale(sale_id)["doc_id"])
     client.send(c.EscrowKey(sale_id=sale_id, sealed_key=b64e(seal_to(ledger_public, key, escrow_info(sale_id))),
-                            key_commitment=content.key_commitment(sale_id, key)))
+                            key_commitment=content.key_commitment(sale_id, key), doc_id=doc["doc_id"],
+                            merkle_root=doc["merkle_root"]))
 
 
 @pytest.fixture(scope="module")
@@ -297,7 +303,7 @@ def test_wrong_password_fails_on_the_client_and_changes_nothing(world: World, tm
     keystore = world.deployment.state.users["bob"].keystore
     with pytest.raises(WrongPassword, match="wrong password for bob"):
         open_keystore(keystore, "not the password")
-    elsewhere = Client(BrokerClient(AMQP_URL, world.deployment.names), tmp_path)
+    elsewhere = Client(BrokerClient(world.deployment.url, world.deployment.names), tmp_path)
     try:
         with pytest.raises(WrongPassword):
             elsewhere.login("bob", "not the password")

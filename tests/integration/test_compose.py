@@ -101,6 +101,9 @@ def test_ledger_waits_for_healthy_broker_and_database_and_the_keys(name: str) ->
         assert "healthcheck" in services[needed], f"{needed} never becomes healthy without a healthcheck"
     assert depends_on["init"]["condition"] == "service_completed_successfully"
     assert services["init"]["command"] == ["init"]
+    # ... and for the broker's roles, which broker-setup makes once the broker answers.
+    assert depends_on["broker-setup"]["condition"] == "service_completed_successfully"
+    assert services["broker-setup"]["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
 
 
 @pytest.mark.parametrize("name", LEDGER_SERVICES)
@@ -110,11 +113,48 @@ def test_ledger_reaches_broker_and_a_store_of_its_own(name: str) -> None:
     env = _environment(service)
 
     assert service["command"] == ["ledger", "run"]
-    assert env["ACB_BROKER_URL"] == "amqp://guest:guest@rabbitmq:5672/"
+    # No broker URL in the file: a replica reads its own role's URL from system/broker.json, which
+    # broker-setup writes on the volume it shares with the replicas.
+    assert not {"ACB_BROKER_URL", "ACB_REPLICA_BROKER_URL", "ACB_OPERATOR_BROKER_URL"} & set(env)
     # Replicas never share a store: each gets the database named after its replica id.
     assert env["ACB_STORE_URL"] == "postgresql+psycopg://postgres@postgres:5432/acb_{replica}"
-    # ... but they share the system keys made once by `init`.
-    assert "acb-home:/var/lib/acb" in service["volumes"] and "acb-home:/var/lib/acb" in services["init"]["volumes"]
+    # ... but they share the system keys made once by `init`, and the broker roles' URLs.
+    for other in (service, services["init"], services["broker-setup"]):
+        assert "acb-home:/var/lib/acb" in other["volumes"]
+
+
+def _broker_conf() -> dict[str, str]:
+    data = _load()
+    [mount] = data["services"]["rabbitmq"]["configs"]
+    assert mount["target"].startswith("/etc/rabbitmq/conf.d/")  # read after the image's own defaults
+    content = data["configs"][mount["source"]]["content"]
+    return dict(line.split(" = ", 1) for line in content.splitlines() if line.strip() and not line.startswith("#"))
+
+
+def test_the_broker_has_no_default_account_only_acb_administrator() -> None:
+    assert "guest" not in COMPOSE_FILE.read_text(encoding="utf-8").lower()
+    conf = _broker_conf()
+    assert conf["default_user"] == "acb-admin"
+    assert conf["default_pass"].startswith("${ACB_BROKER_ADMIN_PASSWORD:?")  # from the environment, never a default
+    assert conf["default_user_tags.administrator"] == "true"
+
+
+def test_the_broker_limits_message_size_as_the_set_up_does() -> None:
+    from broker.admin import MAX_MESSAGE_SIZE
+
+    assert int(_broker_conf()["max_message_size"]) == MAX_MESSAGE_SIZE
+
+
+def test_broker_setup_makes_the_roles_as_the_administrator() -> None:
+    service = _load()["services"]["broker-setup"]
+    assert service["entrypoint"] == ["python", "-m", "broker.admin"]
+    command = service["command"]
+    assert command[0] == "broker-setup"
+    assert command[command.index("--vhost") + 1] == "acb" and command[command.index("--prefix") + 1] == "acb"
+    assert command[command.index("--amqp-url") + 1] == "amqp://rabbitmq:5672"
+    admin = _environment(service)["ACB_BROKER_ADMIN_URL"]
+    assert admin.startswith("http://acb-admin:${ACB_BROKER_ADMIN_PASSWORD:?") and admin.endswith("@rabbitmq:15672/")
+    assert service["restart"] == "no"
 
 
 @pytest.mark.parametrize("name", LEDGER_SERVICES)
