@@ -126,7 +126,7 @@ def open_envelope(raw: bytes) -> Envelope:
         ident, sender, issued_at, min_seq = body["id"], body["sender"], body["issued_at"], body.get("min_seq", 0)
     except KeyError as exc:
         raise errors.Malformed(f"envelope body lacks {exc.args[0]!r}") from exc
-    if not (isinstance(ident, str) and 8 <= len(ident) <= 80 and isinstance(sender, str)
+    if not (isinstance(ident, str) and 8 <= len(ident) <= 80 and isinstance(sender, str) and len(sender) <= 32
             and isinstance(issued_at, int) and isinstance(min_seq, int)):
         raise errors.Malformed("envelope id, sender, issued_at or min_seq has the wrong type")
     return Envelope(ident, sender, issued_at, kind, typed, min_seq, body, sig_bytes)

@@ -1,14 +1,38 @@
-"""Read queries: served by backups from projections of the log, never by the command path."""
+"""Read queries: served by backups from projections of the log, never by the command path.
+
+Every string field has a maximum size, enforced by the model, so an oversized
+query is refused as ``malformed`` when its envelope is opened:
+
+==================  =================  ===============================================
+field               maximum            legitimate size
+==================  =================  ===============================================
+login, account      32 characters      registration's own rule: nothing longer exists
+sale_id, doc_id     80 characters      the command models' ids (``broker.commands``)
+search text         200 characters     a few words typed into a search box
+topic               80 characters      as published
+challenge           256 characters     ~130 (login, time, nonce and MAC, as issued)
+signature           128 characters     an Ed25519 signature as hex
+==================  =================  ===============================================
+"""
 from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from broker.commands import IDENT_MAX, LOGIN_MAX, MONEY_MAX, SIGNATURE_HEX_MAX, TOPIC_MAX
+
 __all__ = [
     "Query", "QUERY_ADAPTER", "Balance", "Flows", "SaleStatus", "UserInfo", "DocumentInfo",
-    "Search", "LedgerInfo", "LoginChallenge", "Login", "Sales", "PUBLIC_QUERIES",
+    "Search", "LedgerInfo", "LoginChallenge", "Login", "Sales", "PUBLIC_QUERIES", "SEARCH_TEXT_MAX", "CHALLENGE_MAX",
 ]
+
+SEARCH_TEXT_MAX = 200
+CHALLENGE_MAX = 256
+
+# Lengths only, not the registration pattern: a query for a name that cannot exist is answered unknown_user.
+Account = Annotated[str, Field(max_length=LOGIN_MAX)]
+Id = Annotated[str, Field(max_length=IDENT_MAX)]
 
 
 class _Query(BaseModel):
@@ -18,43 +42,43 @@ class _Query(BaseModel):
 
 class Balance(_Query):
     type: Literal["balance"] = "balance"
-    account: str
+    account: Account
 
 
 class Flows(_Query):
     type: Literal["flows"] = "flows"
-    account: str
+    account: Account
     limit: Annotated[int, Field(ge=1, le=10_000)] = 100
 
 
 class SaleStatus(_Query):
     type: Literal["sale"] = "sale"
-    sale_id: str
+    sale_id: Id
 
 
 class Sales(_Query):
     """Sales where the sender is consumer or provider."""
 
     type: Literal["sales"] = "sales"
-    account: str
+    account: Account
     limit: Annotated[int, Field(ge=1, le=10_000)] = 100
 
 
 class UserInfo(_Query):
     type: Literal["user"] = "user"
-    login: str
+    login: Account
 
 
 class DocumentInfo(_Query):
     type: Literal["document"] = "document"
-    doc_id: str
+    doc_id: Id
 
 
 class Search(_Query):
     type: Literal["search"] = "search"
-    text: str = ""
-    topic: str | None = None
-    max_price: int | None = None
+    text: Annotated[str, Field(max_length=SEARCH_TEXT_MAX)] = ""
+    topic: Annotated[str, Field(max_length=TOPIC_MAX)] | None = None
+    max_price: Annotated[int, Field(ge=-MONEY_MAX, le=MONEY_MAX)] | None = None
     limit: Annotated[int, Field(ge=1, le=1000)] = 50
 
 
@@ -63,17 +87,23 @@ class LedgerInfo(_Query):
 
 
 class LoginChallenge(_Query):
+    """Ask for a challenge to sign; ``want_keystore`` also asks for the encrypted keystore (rate-limited per login).
+
+    A client asks for the keystore only when it has none on this machine.
+    """
+
     type: Literal["login_challenge"] = "login_challenge"
-    login: str
+    login: Account
+    want_keystore: bool = False
 
 
 class Login(_Query):
     """Proof of possession: the challenge signed with the user's key."""
 
     type: Literal["login"] = "login"
-    login: str
-    challenge: str
-    signature: str
+    login: Account
+    challenge: Annotated[str, Field(max_length=CHALLENGE_MAX)]
+    signature: Annotated[str, Field(max_length=SIGNATURE_HEX_MAX)]
 
 
 Query = Annotated[

@@ -33,6 +33,7 @@ from ledger.connected import keep_connected
 from ledger.follower import Follower
 from ledger.keys import SystemKeys
 from ledger.model import State
+from ledger.ratelimit import RateLimiter
 
 __all__ = ["answer", "ReadServer", "CHALLENGE_TTL_MS"]
 
@@ -73,7 +74,7 @@ def newest_roster(state: State, trust: Trust | None) -> Any:
 
 
 def answer(state: State, env: Envelope, keys: SystemKeys, catalog: Catalog, now_ms: int,
-           trust: Trust | None = None) -> dict[str, Any]:
+           trust: Trust | None = None, fetches: RateLimiter | None = None) -> dict[str, Any]:
     """The result of one query against one state. Raises CommandRejected."""
     query = env.payload
     kind = query.type
@@ -139,7 +140,15 @@ def answer(state: State, env: Envelope, keys: SystemKeys, catalog: Catalog, now_
         if user is None:
             raise errors.UnknownUser(f"no user {query.login!r}")
         text = f"{query.login}.{now_ms}.{secrets.token_hex(16)}"
-        return {"challenge": f"{text}.{_challenge_mac(keys, text)}", "keystore": user.keystore}
+        out = {"challenge": f"{text}.{_challenge_mac(keys, text)}"}
+        if query.want_keystore:
+            # The keystore lets anyone guess the password offline: hand it out sparingly, per login.
+            now_s = now_ms / 1000
+            if fetches is not None and not fetches.allow(query.login, now_s):
+                raise errors.TooManyAttempts(f"too many keystore requests for {query.login}; try again in "
+                                             f"{fetches.retry_after_s(query.login, now_s):.0f} s")
+            out["keystore"] = user.keystore
+        return out
     if isinstance(query, q.Login):
         return _login(state, query, keys, now_ms)
     raise errors.UnknownQuery(f"no query {kind}")
@@ -188,6 +197,9 @@ class ReadServer:
         self._role_changed = threading.Event()
         self._waiting: list[tuple[float, Any, Envelope, bytes]] = []
         self._parked: dict[str, int] = {}  # reply channel -> queries of it waiting
+        # Keystores handed out for logins from other machines: 5 at once, then one a minute, per login
+        # (on this replica's read thread only; each replica keeps its own).
+        self.keystore_fetches = RateLimiter(rate_per_s=1 / 60, burst=5, max_keys=100_000)
 
     def role_changed(self, _primary: bool) -> None:
         self._role_changed.set()
@@ -251,7 +263,8 @@ class ReadServer:
 
     def _answer(self, env: Envelope) -> Reply:
         state = self.follower.state
-        result = answer(state, env, self.keys, self.catalog, int(time.time() * 1000), self.trust)
+        result = answer(state, env, self.keys, self.catalog, int(time.time() * 1000), self.trust,
+                        self.keystore_fetches)
         return Reply(id=env.id, ok=True, seq=state.seq, result=result, served_by=self.replica_id)
 
     def _answer_waiting(self, ch: Any) -> None:

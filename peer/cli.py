@@ -172,65 +172,6 @@ def cmd_search(args: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
-def _buy_data(result: Any) -> dict[str, Any]:
-    return {"doc_id": result.doc_id, "sale_id": result.sale_id, "path": str(result.path) if result.path else None,
-            "price": result.price, "fee": result.fee, "verified": result.verified, "dispute": result.dispute,
-            "resumed_from": result.resumed_from, "segments": result.segments}
-
-
-def cmd_buy_many(args: argparse.Namespace, s: Settings) -> int:
-    """Several documents at once (or one under a shared rate limit): a progress bar each."""
-    from peer.transfers_cli import buy_many
-
-    out_dir = Path(args.out) if args.out else Path.cwd()
-    outcomes = buy_many(lambda: _client(s), args.doc_ids, out_dir, priorities=args.priority,
-                        rate_limit_bps=int(args.rate_limit * 1e6) if args.rate_limit else None, quiet=args.json)
-    rows = [{**(_buy_data(o.result) if o.result else {"doc_id": o.doc_id, "verified": False}),
-             "error": str(o.error) if o.error else None} for o in outcomes]
-    _out(args, {"purchases": rows}, lambda: [print(
-        f"{r['doc_id']}: " + (f"bought for {format_minor(r['price'])}: {r['path']}" if r.get("verified")
-                              else f"FAILED: {r['error'] or r.get('dispute')}")) for r in rows])
-    return 0 if all(r.get("verified") and not r["error"] for r in rows) else 4
-
-
-def cmd_buy(args: argparse.Namespace, s: Settings) -> int:
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
-    if len(args.doc_ids) > 1 or args.rate_limit or args.priority:
-        return cmd_buy_many(args, s)
-    args.doc_id = args.doc_ids[0]
-    client = _client(s)
-    doc = client.document(args.doc_id)
-    out = Path(args.out) if args.out else Path.cwd() / _safe_name(doc["title"], args.doc_id)
-    quiet = args.json
-    steps: list[str] = []
-
-    def step(msg: str) -> None:
-        steps.append(msg)
-        if not quiet:
-            print(f"  {msg}", file=sys.stderr)
-
-    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  disable=quiet, transient=False, console=None) as bar:
-        task = bar.add_task(f"{doc['title'][:30]}", total=doc["size"])
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        result = client.buy(args.doc_id, out, progress=progress, on_step=step, io_timeout=_io_timeout(),
-                            again=args.again)
-    data = _buy_data(result)
-    _out(args, data, lambda: print(
-        f"bought {doc['title']} for {format_minor(result.price)}: {result.path}" if result.verified else
-        f"content did not verify; dispute filed: {result.dispute}"))
-    return 0 if result.verified else 4
-
-
-def _safe_name(title: str, doc_id: str) -> str:
-    name = "".join(ch if ch.isalnum() or ch in "._- " else "_" for ch in title).strip() or doc_id
-    return name[:80]
-
-
 def cmd_balance(args: argparse.Namespace, s: Settings) -> int:
     b = _client(s).balance()
     _out(args, b, lambda: print(f"{b['account']}: available {format_minor(b['available'])}, "
@@ -309,7 +250,9 @@ def cmd_init(args: argparse.Namespace, s: Settings) -> int:
 def _operator_client(s: Settings) -> tuple[Client, Any]:
     from ledger.keys import load_operator_key
 
-    return (Client(BrokerClient(s.broker_url, s.names), s.home, on_wait=_waiter(), timeout=_reply_timeout()),
+    # The operator's own account when configured; its commands are signed by the operator key either way.
+    url = s.operator_url or s.broker_url
+    return (Client(BrokerClient(url, s.names), s.home, on_wait=_waiter(), timeout=_reply_timeout()),
             load_operator_key(s.home))
 
 
@@ -431,15 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--topic")
     sp.add_argument("--max-price", type=_amount, dest="max_price")
     sp.add_argument("--limit", type=int, default=50)
-    sp = add("buy", cmd_buy, "download documents from their providers, pay, decrypt and verify them",
-             json_flag=True)
-    sp.add_argument("doc_ids", nargs="+", metavar="DOC_ID")
-    sp.add_argument("--out", help="where to write the document (default: its title in the current folder; "
-                                  "a folder when buying several)")
-    sp.add_argument("--priority", type=int, nargs="+",
-                    help="one per document; 2 downloads twice as fast as 1 under --rate-limit")
-    sp.add_argument("--rate-limit", type=float, dest="rate_limit", help="MB/s for all downloads together")
-    sp.add_argument("--again", action="store_true", help="buy a document you already bought once more")
+    from peer import buy_cli
+
+    buy_cli.register(sub, add)
     add("balance", cmd_balance, "your available and held money", json_flag=True)
     sp = add("flows", cmd_flows, "your cash-flow history", json_flag=True)
     sp.add_argument("--limit", type=int, default=100)
@@ -469,6 +406,20 @@ def build_parser() -> argparse.ArgumentParser:
     bp.set_defaults(op_fn=cmd_operator_balance)
     bp.add_argument("account")
     bp.add_argument("--json", action="store_true")
+    rp = osub.add_parser("replica", help="certify a replica's key (add), withdraw it (remove), or list the roster")
+    rp.set_defaults(op_fn=_lazy("ledger.cli", "operator_replica"))
+    rp.add_argument("replica_action", choices=("add", "remove", "list"), metavar="add|remove|list")
+    rp.add_argument("id", nargs="?", help="the replica id (add, remove)")
+    rp.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the ledger to take the roster")
+    rp.add_argument("--json", action="store_true")
+
+    from broker.admin import add_arguments as broker_setup_arguments
+
+    sp = add("admin", lambda a, s: a.admin_fn(a, s), "broker administration")
+    adsub = sp.add_subparsers(dest="admin_cmd", required=True, metavar="CMD")
+    bsp = adsub.add_parser("broker-setup", help="ACB's vhost and its peer, replica and operator accounts on RabbitMQ")
+    broker_setup_arguments(bsp)
+    bsp.set_defaults(admin_fn=_lazy("broker.admin", "cmd_broker_setup"))
 
     sp = add("ledger", lambda a, s: a.ledger_fn(a, s), "run a ledger replica")
     lsub = sp.add_subparsers(dest="ledger_cmd", required=True, metavar="CMD")
@@ -487,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     vp.add_argument("--from-snapshot", action="store_true", dest="from_snapshot")
     vp.add_argument("--json", action="store_true")
     vp.add_argument("--commands", action="store_true", help="with --json: list every command id in the log")
+    vp.add_argument("--operator-key", dest="operator_key",
+                    help="the operator's public key (hex, or a file holding it) that every signature is traced to "
+                         "(default: the one in $ACB_HOME/system)")
     hp = asub.add_parser("hash", help="the state hash after an event (replicas at one sequence must agree)")
     hp.set_defaults(audit_fn=_lazy("ledger.cli", "audit_hash"))
     hp.add_argument("--store", required=True)

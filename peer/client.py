@@ -3,12 +3,19 @@
 Commands go out signed through :class:`broker.client.BrokerClient`; reads go
 to the backups. After a command the client remembers the sequence it got
 back and passes it with its next reads, so it always sees its own writes.
+
+A purchase is opened at the price the person agreed to (:class:`Offer`), never at
+one read again just before: when the provider changed it meanwhile, the ledger
+refuses with ``price_changed`` and nothing is held; the caller shows the new
+price (:meth:`Client.changed_offer`) and asks again.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,18 +26,65 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel
 
 from broker import commands as c
+from broker import errors
 from broker import queries as q
 from broker.client import BrokerClient
 from broker.codec import b64d
 from broker.envelope import seal
+from broker.money import format_minor, interval_prices, parse_minor
 from broker.replies import Reply
 from broker.sealing import SealError, open_sealed, release_info
 from peer.errors import NotLoggedIn, PeerError, VerificationFailed
-from peer.identity import Identity, Profile, create_identity, open_keystore, seal_keystore
+from peer.identity import Identity, Profile, create_identity, needs_rewrap, open_keystore, seal_keystore
 
-__all__ = ["Client", "BuyResult"]
+__all__ = ["Client", "BuyResult", "Offer"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A document at the price a person is shown, and may agree to.
+
+    A split sale (a large file paid interval by interval) is shown with each
+    interval's part too (:attr:`interval_prices`); both go in the ``OpenSale``.
+    """
+
+    doc_id: str
+    title: str
+    provider: str
+    price: int
+    size: int
+    intervals: int = 1  # 1: paid whole
+
+    @property
+    def interval_prices(self) -> list[int] | None:
+        """Each interval's part of the price, larger parts first (None when paid whole)."""
+        return interval_prices(self.price, self.intervals) if self.intervals > 1 else None
+
+    def at(self, price: int) -> Offer:
+        """The same document at another price (the intervals split it the same way)."""
+        return dataclasses.replace(self, price=price)
+
+    def describe(self) -> str:
+        """``2.00``, or ``3.00 in 3 intervals (1.00, 1.00, 1.00), each paid once it has arrived``."""
+        parts = self.interval_prices
+        if parts is None:
+            return format_minor(self.price)
+        shown = ", ".join(format_minor(p) for p in parts[:6]) + (", …" if len(parts) > 6 else "")
+        return f"{format_minor(self.price)} in {len(parts)} intervals ({shown}), each paid once it has arrived"
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> Offer:
+        """The offer a :meth:`Client.document` answer makes."""
+        from broker.content import interval_count, segment_count_for
+
+        n = interval_count(segment_count_for(doc["size"], doc["segment_size"]), doc.get("interval_segments", 0))
+        return cls(doc["doc_id"], doc["title"], doc["provider"], int(doc["price"]), int(doc["size"]), n)
+
+
+# The ledger's words for a changed price (broker.errors.PriceChanged): "now 3.00, you agreed to 2.00".
+_NOW = re.compile(r"\bnow (-?[0-9]+\.[0-9]{2}), you agreed to -?[0-9]+\.[0-9]{2}\b")
 
 
 @dataclass
@@ -103,18 +157,42 @@ class Client:
         return identity
 
     def login(self, login: str, password: str) -> dict[str, Any]:
-        """Unlock the keystore with the password (here) and prove the key to the ledger."""
-        challenge = self.ask(q.LoginChallenge(login=login), signed=False)
+        """Unlock the keystore with the password (here) and prove the key to the ledger.
+
+        The keystore on this machine is used when there is one; only otherwise is it
+        fetched from the ledger (which limits such fetches per login). A keystore of an
+        older version, or wrapped with weaker settings, is wrapped anew with today's and
+        stored on the ledger (``ChangeKeystore``) and here.
+        """
         profile = Profile(self.home, login)
-        keystore = profile.keystore() or challenge["keystore"]
+        local = profile.keystore()
+        challenge = self.ask(q.LoginChallenge(login=login, want_keystore=local is None), signed=False)
+        keystore = local or challenge.get("keystore")
+        if not keystore:
+            raise PeerError(f"the ledger sent no keystore for {login}; try again")
         identity = open_keystore(keystore, password)
+        if identity.login != login:
+            raise PeerError(f"the keystore for {login} holds the keys of {identity.login}")
         signature = identity.sign_key.sign(challenge["challenge"].encode()).hex()
         result = self.ask(q.Login(login=login, challenge=challenge["challenge"], signature=signature), signed=False)
+        self.identity = identity
+        if needs_rewrap(keystore):
+            keystore = self._rewrap(identity, password, keystore)
         profile.save_keystore(keystore)
         profile.save_session(identity)
         profile.make_current()
-        self.identity = identity
         return result
+
+    def _rewrap(self, identity: Identity, password: str, old: str) -> str:
+        """Wrap the keys with today's KDF and store that on the ledger; the old keystore if the ledger refuses."""
+        new = seal_keystore(identity, password)
+        try:
+            self.send(c.ChangeKeystore(keystore=new))
+        except errors.CommandRejected as exc:
+            # Logging in matters more than the upgrade, which the next login tries again.
+            log.warning("the keystore of %s stays as it was on the ledger: %s", identity.login, exc)
+            return old
+        return new
 
     # -- reads -------------------------------------------------------------------------------------
     def balance(self, account: str | None = None) -> dict[str, Any]:
@@ -129,6 +207,25 @@ class Client:
 
     def document(self, doc_id: str) -> dict[str, Any]:
         return self.ask(q.DocumentInfo(doc_id=doc_id), signed=False)
+
+    def offer(self, doc_id: str) -> Offer:
+        """The document at its current price, to show a person before they agree to it."""
+        doc = self.document(doc_id)
+        if not doc["published"]:
+            raise PeerError(f"document {doc_id} is no longer published")
+        return Offer.from_document(doc)
+
+    def changed_offer(self, agreed: Offer, refusal: errors.CommandRejected) -> Offer:
+        """The offer at the price the ledger named when it refused ``agreed`` with ``price_changed``.
+
+        The refusal says ``now 3.00, you agreed to 2.00``; its price is the ledger's own,
+        where a read could come from a backup that has not seen the change yet. A
+        refusal that names no price falls back to reading the document.
+        """
+        found = _NOW.search(refusal.message)
+        if found is not None:
+            return agreed.at(parse_minor(found.group(1)))
+        return self.offer(agreed.doc_id)
 
     def sale(self, sale_id: str) -> dict[str, Any]:
         return self.ask(q.SaleStatus(sale_id=sale_id))
@@ -170,10 +267,20 @@ class Client:
         self.send(c.ChangePrice(doc_id=doc_id, price=price))
 
     # -- buying ------------------------------------------------------------------------------------
-    def buy(self, doc_id: str, dest: Path, *, progress: Callable[[int, int], None] | None = None,
+    def buy(self, doc_id: str, dest: Path, *, agreed_price: int | None = None,
+            agreed_interval_prices: list[int] | None = None,
+            progress: Callable[[int, int], None] | None = None,
             on_step: Callable[[str], None] | None = None, io_timeout: float = 60.0,
             control: Any = None, again: bool = False) -> BuyResult:
         """Open the sale (hold), download from the provider, settle, receive the key, decrypt and verify.
+
+        ``agreed_price`` is the price the person was shown and agreed to (for a split
+        sale, ``agreed_interval_prices`` too; by default the split of ``agreed_price``).
+        The sale is opened at exactly that; if the price is no longer that, the ledger
+        refuses with :class:`broker.errors.PriceChanged` and nothing is held: show the new
+        price (:meth:`changed_offer`) and ask again. Without ``agreed_price`` (callers that
+        show nothing first) the price read at the start of this call is the one agreed
+        to, and is reported through ``on_step`` before anything is held.
 
         An interrupted purchase resumes: the same sale, from the first segment not yet stored.
         A split sale (a large file) is downloaded and paid interval by interval; each
@@ -181,15 +288,11 @@ class Client:
         before the dispute refunds it. ``control`` (a :class:`peer.transfer.TransferControl`)
         pauses, resumes, cancels or throttles the download.
         """
-        from broker.content import interval_count, segment_count_for
-
         me = self._me()
         step = on_step or (lambda _m: None)
         doc = self.document(doc_id)
         if not doc["published"]:
             raise PeerError(f"document {doc_id} is no longer published")
-        count = segment_count_for(doc["size"], doc["segment_size"])
-        n = interval_count(count, doc.get("interval_segments", 0))
         pending = Purchases(Profile(self.home, me.login))
         sale_id = pending.open_sale_for(doc_id)
         sale: dict[str, Any] | None = None
@@ -205,15 +308,16 @@ class Client:
                 raise PeerError(f"you bought {doc_id} already (sale {bought[-1]['sale_id']}); "
                                 "buy it again only on purpose (--again)")
         if sale_id is None:
-            from broker.money import format_minor, interval_prices
-
-            parts = (f" in {n} intervals ({', '.join(format_minor(p) for p in interval_prices(doc['price'], n))}),"
-                     " each paid once it has arrived" if n > 1 else "")
-            step(f"price {format_minor(doc['price'])}{parts}")
+            offer = Offer.from_document(doc)
+            if agreed_price is not None:
+                offer = offer.at(agreed_price)
+            parts = agreed_interval_prices if agreed_interval_prices is not None else offer.interval_prices
+            step(f"price {offer.describe()}")
             sale_id = f"s-{uuid.uuid4().hex[:20]}"
-            reply = self.send(c.OpenSale(sale_id=sale_id, doc_id=doc_id, price=doc["price"]))
+            reply = self.send(c.OpenSale(sale_id=sale_id, doc_id=doc_id, price=offer.price, interval_prices=parts))
             pending.remember(doc_id, sale_id)
-            step(f"sale {sale_id} opened: {doc['price']} held from your balance (seq {reply.seq})")
+            step(f"sale {sale_id} opened: {format_minor(reply.result.get('price', offer.price))} held from your "
+                 f"balance (seq {reply.seq})")
             sale = self.sale(sale_id)
         else:
             step(f"resuming sale {sale_id}")

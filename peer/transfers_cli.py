@@ -11,12 +11,14 @@ import inspect
 import json
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peer.client import BuyResult, Client
+from broker import errors
+from broker.money import format_minor
+from peer.client import BuyResult, Client, Offer
 from peer.config import Settings
 from peer.errors import NotLoggedIn, PeerError
 from peer.identity import Profile
@@ -26,6 +28,7 @@ from peer.transfers import NoServe, control_request, list_downloads
 __all__ = ["BuyOutcome", "buy_many", "cmd_transfers", "register"]
 
 _TICK = 0.5
+_MAX_CHANGES = 5  # a price that keeps changing within --max-price is not chased for ever
 
 
 # -- parser ----------------------------------------------------------------------------------------
@@ -169,13 +172,20 @@ class BuyOutcome:
 
 def buy_many(make_client: Callable[[], Client], doc_ids: Sequence[str], out_dir: Path, *,
              priorities: Sequence[int] | None = None, rate_limit_bps: int | None = None,
-             quiet: bool = False) -> list[BuyOutcome]:
+             quiet: bool = False, offers: Mapping[str, Offer] | None = None,
+             max_price: int | None = None) -> list[BuyOutcome]:
     """Buy several documents at once, one rich progress bar each; returns one outcome per document.
 
     ``make_client()`` must return a new :class:`Client` with a broker connection
     of its own (a BrokerClient is not thread-safe); each is closed afterwards.
     ``rate_limit_bps`` is shared between the downloads by ``priorities`` (one
     per document, default 1). One failing purchase does not stop the others.
+
+    Each document is bought at the price of its offer in ``offers`` (what the
+    person was shown), else at the price read when its purchase starts (said in
+    its step lines). If the provider changed it meanwhile, the purchase fails with
+    :class:`broker.errors.PriceChanged` and nothing is held, unless the new price is
+    within ``max_price``: then it is bought at the new price, and that is said.
     """
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
@@ -207,11 +217,11 @@ def buy_many(make_client: Callable[[], Client], doc_ids: Sequence[str], out_dir:
             try:
                 if (rate_limit_bps or len(set(prios)) > 1) and not _buy_takes_control(client):
                     raise PeerError("this client cannot limit or prioritize downloads: Client.buy takes no control")
-                doc = client.document(doc_id)
+                offer = (offers or {}).get(doc_id) or client.offer(doc_id)
                 with lock:
-                    dest = _dest(out_dir, doc["title"], doc_id, taken)
+                    dest = _dest(out_dir, offer.title, doc_id, taken)
                 outcomes[i].dest = dest
-                task = bar.add_task(doc["title"][:30], total=doc["size"])
+                task = bar.add_task(offer.title[:30], total=offer.size)
 
                 def progress(done: int, total: int) -> None:
                     bar.update(task, completed=done, total=total)
@@ -226,7 +236,22 @@ def buy_many(make_client: Callable[[], Client], doc_ids: Sequence[str], out_dir:
                 with lock:
                     running.add(i)
                 rebalance()
-                outcomes[i].result = client.buy(doc_id, dest, **kw)
+                for _ in range(_MAX_CHANGES):
+                    try:
+                        outcomes[i].result = client.buy(doc_id, dest, agreed_price=offer.price,
+                                                        agreed_interval_prices=offer.interval_prices, **kw)
+                        break
+                    except errors.PriceChanged as exc:
+                        new = client.changed_offer(offer, exc)
+                        if max_price is None or new.price > max_price:
+                            raise
+                        step(f"price changed: now {format_minor(new.price)}, you agreed to "
+                             f"{format_minor(offer.price)}; within the maximum {format_minor(max_price)}, "
+                             f"buying for {format_minor(new.price)}")
+                        offer = new
+                else:
+                    raise PeerError(f"the price of {doc_id} changed {_MAX_CHANGES} times while buying; "
+                                    "nothing was bought")
             except Exception as exc:  # noqa: BLE001 - reported per document; the others go on
                 outcomes[i].error = exc
                 if not quiet:

@@ -5,6 +5,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QApplication, QDialog
@@ -55,7 +56,8 @@ def _log_out(window: MainWindow) -> None:
 def run(settings: Settings, *, login: str | None = None, screenshot: Path | None = None,
         tab: str = "search", timeout_s: float = 30.0) -> int:
     """Run the desktop app; with ``screenshot``, save the loaded window as a PNG and exit."""
-    app = QApplication.instance() or QApplication(sys.argv[:1])
+    # The app is always a QApplication here (widgets need one); instance() is typed as its base class.
+    app = cast(QApplication, QApplication.instance()) or QApplication(sys.argv[:1])
     app.setApplicationName("ACB")
     runner = Runner()
     session = Session.resume(settings, login)

@@ -184,7 +184,8 @@ def sales_model(items: ObservableList[SaleLine], me: str, parent: QObject | None
     ], parent)
 
 
-_STATE_COLORS = {"done": CREDIT, "failed": DEBIT, "disputed": DEBIT, "cancelled": QColor("#666666")}
+_STATE_COLORS = {"done": CREDIT, "failed": DEBIT, "disputed": DEBIT, "cancelled": QColor("#666666"),
+                 "price changed": QColor("#9a6700")}
 
 
 def downloads_model(items: ObservableList[Download], parent: QObject | None = None) -> ListTableModel:

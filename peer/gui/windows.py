@@ -1,7 +1,9 @@
-"""The desktop app's windows: the login dialog and the main window, which runs what the tabs ask for."""
+"""The desktop app's windows: the login dialog, the main window (which runs what the tabs ask for) and the
+question asked again when a price changed before a purchase opened."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from broker import errors
 from broker.money import format_minor, parse_minor
-from peer.client import BuyResult, Purchases
+from peer.client import BuyResult, Offer, Purchases
 from peer.gui.models import downloads_model, flows_model, hits_model, sales_model
 from peer.gui.session import Session
 from peer.gui.state import DesktopState, Download, FlowLine, Hit, SaleLine
@@ -32,7 +35,7 @@ from peer.gui.views import AccountPanel, DownloadsPanel, SearchPanel, SharePanel
 from peer.gui.worker import Job, Runner
 from peer.identity import Profile
 
-__all__ = ["LoginDialog", "MainWindow"]
+__all__ = ["LoginDialog", "MainWindow", "PriceChange", "PriceChangedDialog"]
 
 
 class LoginDialog(QDialog):
@@ -117,6 +120,37 @@ class LoginDialog(QDialog):
         self.error.setText(text)
 
 
+@dataclass(frozen=True)
+class PriceChange:
+    """A purchase the ledger refused because the price is no longer the one agreed to; nothing was held."""
+
+    offer: Offer  # at the new price
+    agreed: int
+
+
+class PriceChangedDialog(QMessageBox):
+    """Asks again: the price changed between the buyer's yes and the ledger. ``answered(True)``: buy at the new one.
+
+    Buying is never the default: Enter and Escape both keep the money.
+    """
+
+    answered = Signal(bool)
+
+    def __init__(self, change: PriceChange, parent: QWidget | None = None) -> None:
+        now, was = format_minor(change.offer.price), format_minor(change.agreed)
+        super().__init__(QMessageBox.Icon.Warning, "ACB: price changed",
+                         f"The price of “{change.offer.title}” changed while you were deciding.\n\n"
+                         f"Now {now}, you agreed to {was}.", QMessageBox.StandardButton.NoButton, parent)
+        self.change = change
+        self.setInformativeText(f"Nothing was held or paid. Buy it from {change.offer.provider} for "
+                                f"{change.offer.describe()}?")
+        self.buy_button = self.addButton(f"Buy for {now}", QMessageBox.ButtonRole.AcceptRole)
+        self.keep_button = self.addButton("Don't buy", QMessageBox.ButtonRole.RejectRole)
+        self.setDefaultButton(self.keep_button)
+        self.setEscapeButton(self.keep_button)
+        self.buttonClicked.connect(lambda button: self.answered.emit(button == self.buy_button))
+
+
 def _host(url: str) -> str:
     return url.rsplit("@", 1)[-1].rstrip("/")
 
@@ -144,6 +178,7 @@ class MainWindow(QMainWindow):
         self.runner = runner
         self.state = DesktopState(session.login)
         self.confirm_actions = True  # ask before spending money or withdrawing a document
+        self.price_question: PriceChangedDialog | None = None  # asked whatever confirm_actions says
         self.last_error = ""
         self.service: Any = None
         self._serving_at = ""
@@ -317,11 +352,15 @@ class MainWindow(QMainWindow):
         self._run(work, done, modal=True)
 
     def _purchase(self, download: Download) -> None:
-        session, doc_id, dest = self.session, download.doc_id, download.dest
+        session, doc_id, dest, agreed = self.session, download.doc_id, download.dest, download.price
 
-        def work(job: Job) -> BuyResult:
+        def work(job: Job) -> BuyResult | PriceChange:
             with session.client() as client:
-                return client.buy(doc_id, dest, progress=job.progress, on_step=job.step)
+                try:
+                    # At the price the person said yes to (download.price), never one read again here.
+                    return client.buy(doc_id, dest, agreed_price=agreed, progress=job.progress, on_step=job.step)
+                except errors.PriceChanged as exc:
+                    return PriceChange(client.changed_offer(client.offer(doc_id).at(agreed), exc), agreed)
 
         def progress(done: int, total: int) -> None:
             download.state = "downloading" if done < total else "settling"
@@ -333,7 +372,10 @@ class MainWindow(QMainWindow):
             self.state.downloads.touch(download)
             self.downloads_panel.log(text)
 
-        def done(result: BuyResult) -> None:
+        def done(result: BuyResult | PriceChange) -> None:
+            if isinstance(result, PriceChange):
+                self.ask_new_price(download, result)
+                return
             download.sale_id = result.sale_id
             download.finish("done" if result.verified else "disputed")
             if not result.verified:
@@ -351,6 +393,34 @@ class MainWindow(QMainWindow):
             self.refresh_account()
 
         self.runner.submit(work, done=done, failed=failed, progress=progress, step=step)
+
+    def ask_new_price(self, download: Download, change: PriceChange) -> PriceChangedDialog:
+        """The price changed before the sale opened (nothing held): ask again, always, with the new price."""
+        now, was = format_minor(change.offer.price), format_minor(change.agreed)
+        download.state = "price changed"
+        download.message = f"price changed: now {now}, you agreed to {was}; nothing was held"
+        self.state.downloads.touch(download)
+        self.downloads_panel.log(f"{download.title}: {download.message}")
+        dialog = PriceChangedDialog(change, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.answered.connect(lambda yes: self._new_price_answered(download, change, yes))
+        self.price_question = dialog
+        dialog.open()
+        return dialog
+
+    def _new_price_answered(self, download: Download, change: PriceChange, yes: bool) -> None:
+        self.price_question = None
+        if yes:
+            download.price = change.offer.price
+            download.restart()
+            self.state.downloads.touch(download)
+            self._purchase(download)
+            return
+        download.finish("cancelled")
+        download.message = (f"not bought: the price changed to {format_minor(change.offer.price)} "
+                            f"(you agreed to {format_minor(change.agreed)}); nothing was held")
+        self.state.downloads.touch(download)
+        self.downloads_panel.log(f"{download.title}: {download.message}")
 
     # -- sharing -----------------------------------------------------------------------------------
     def share_from_form(self) -> None:

@@ -83,6 +83,9 @@ def market() -> Iterator[Market]:
         brokers.append(BrokerClient(AMQP_URL, names))
         return Client(brokers[-1], work)
 
+    # The apps' clients believe only replies signed by replicas this operator certified (broker.trust reads ACB_HOME).
+    patch = pytest.MonkeyPatch()
+    patch.setenv("ACB_HOME", str(work))
     try:
         alice, bob, carol, operator = client(), client(), client(), client()
         deadline = time.monotonic() + 20
@@ -105,8 +108,10 @@ def market() -> Iterator[Market]:
         alice.share(doc, price=499, topic="notes", title="Replication notes", endpoint=endpoint)
         shots = Path(os.environ.get("ACB_SCREENSHOT_DIR") or work / "shots")
         shots.mkdir(parents=True, exist_ok=True)
-        yield Market(Settings(work, AMQP_URL, names), replica, shared["doc_id"], doc, endpoint, shots)
+        yield Market(Settings(work, AMQP_URL, names, replica_url=AMQP_URL, operator_url=AMQP_URL), replica,
+                     shared["doc_id"], doc, endpoint, shots)
     finally:
+        patch.undo()
         for b in brokers:
             b.close()
         replica.stop()
