@@ -26,10 +26,12 @@ bytes longer, when the stream left TLS), then the ciphertext.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import ssl
 import struct
-from typing import Any
+import time
+from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -39,13 +41,18 @@ from peer.transfer.errors import ConnectionLost, ManifestInvalid, ProtocolError,
 __all__ = [
     "FRAME",
     "FrameSeal",
+    "Hello",
+    "MAX_HELLO",
     "SEAL_OVERHEAD",
     "MAGIC_END",
     "MAGIC_ERROR",
     "MAGIC_SEGMENT",
     "SIGNATURE_SIZE",
+    "hello_may_continue",
     "pack_frame",
+    "parse_hello",
     "read_hello",
+    "refusal_line",
     "read_message",
     "read_reply",
     "recv_exactly",
@@ -56,6 +63,11 @@ __all__ = [
 
 _LINE_PREFIX = b"ACB1 "
 _MAX_LINE = 4096
+# An honest hello is ~130 bytes (an 80-character sale id and a 19-digit sequence); room for spaces, no more.
+MAX_HELLO = 512
+MAX_SEQ = (1 << 63) - 1
+_SALE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,80}")  # the ledger's Ident
+_NOT_ACB1 = "peer does not speak ACB1 (expected an 'ACB1 {...}' line)"
 _MAX_MESSAGE = 1 << 20
 MAX_ENTRY = 1 << 16
 
@@ -67,15 +79,21 @@ SIGNATURE_SIZE = 64
 _LEN = struct.Struct(">I")
 
 
-def _read_line(sock: socket.socket) -> bytes:
+def _read_line(sock: socket.socket, limit: int = _MAX_LINE, deadline: float | None = None) -> bytes:
     # The other side waits for our answer before sending more, so nothing
     # beyond the newline can arrive; anything that does is a protocol error.
     data = bytearray()
     while not data.endswith(b"\n"):
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ConnectionLost("no opening line in time")
+            sock.settimeout(left)
         try:
-            chunk = sock.recv(_MAX_LINE - len(data))
+            chunk = sock.recv(limit + 1 - len(data))
         except TimeoutError as exc:
-            raise ConnectionLost("timed out waiting for the peer's opening line") from exc
+            raise ConnectionLost("no opening line in time" if deadline is not None
+                                 else "timed out waiting for the peer's opening line") from exc
         except OSError as exc:
             raise ConnectionLost(f"connection failed during opening: {exc}") from exc
         if not chunk:
@@ -84,9 +102,9 @@ def _read_line(sock: socket.socket) -> bytes:
         # Fail fast on a client speaking something else (a bare TLS ClientHello,
         # HTTP): it would otherwise wait for a newline that never comes.
         if not data.startswith(_LINE_PREFIX[: len(data)]):
-            raise ProtocolError("peer does not speak ACB1 (expected an 'ACB1 {...}' line)")
-        if len(data) >= _MAX_LINE and not data.endswith(b"\n"):
-            raise ProtocolError("opening line too long")
+            raise ProtocolError(_NOT_ACB1)
+        if len(data) > limit:
+            raise ProtocolError(f"the opening line is too long (at most {limit} bytes)")
     if data.count(b"\n") != 1:
         raise ProtocolError("unexpected bytes after the opening line")
     return bytes(data)
@@ -94,13 +112,13 @@ def _read_line(sock: socket.socket) -> bytes:
 
 def _parse_line(line: bytes) -> dict[str, Any]:
     if not line.startswith(_LINE_PREFIX):
-        raise ProtocolError("peer does not speak ACB1 (expected an 'ACB1 {...}' line)")
+        raise ProtocolError(_NOT_ACB1)
     try:
         obj = json.loads(line[len(_LINE_PREFIX) :])
-    except ValueError as exc:
-        raise ProtocolError(f"opening line is not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError("the peer's answer is not a JSON object") from exc
     if not isinstance(obj, dict):
-        raise ProtocolError("opening line is not a JSON object")
+        raise ProtocolError("the peer's answer is not a JSON object")
     return obj
 
 
@@ -108,20 +126,84 @@ def _line(obj: dict[str, Any]) -> bytes:
     return _LINE_PREFIX + json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
+class Hello(NamedTuple):
+    """What a consumer's opening line says; nothing in it is believed before the ledger confirms the sale."""
+
+    sale_id: str
+    min_seq: int
+
+
 def send_hello(sock: socket.socket, sale_id: str, min_seq: int) -> None:
     """Consumer's plaintext opening: which sale, and the ledger sequence it has seen."""
     sock.sendall(_line({"sale_id": sale_id, "min_seq": min_seq}))
 
 
-def read_hello(sock: socket.socket) -> tuple[str, int]:
-    """Provider side of :func:`send_hello`; returns ``(sale_id, min_seq)``."""
-    obj = _parse_line(_read_line(sock))
+def hello_may_continue(data: bytes | bytearray) -> None:
+    """Raise :class:`ProtocolError` as soon as the first bytes of an opening line cannot become a hello."""
+    if not data.startswith(_LINE_PREFIX[: len(data)]):
+        raise ProtocolError(_NOT_ACB1)
+    if len(data) > MAX_HELLO and b"\n" not in data[: MAX_HELLO]:
+        raise ProtocolError(f"the opening line is too long (at most {MAX_HELLO} bytes)")
+
+
+def _refuse_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ProtocolError("the opening line names a field twice")
+    return dict(pairs)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ProtocolError(f"min_seq must be a whole number, not {name}")
+
+
+def parse_hello(line: bytes) -> Hello:
+    """The consumer's opening line, checked before anything else is done with it.
+
+    Strict on purpose, because a stranger writes it: printable ASCII only (no
+    escapes, so no hidden or look-alike characters), at most :data:`MAX_HELLO`
+    bytes, one flat object with exactly ``sale_id`` (a ledger id) and
+    ``min_seq`` (a whole number). Raises :class:`ProtocolError` with a reason a
+    person can read; never anything else.
+    """
+    hello_may_continue(line)
+    if not line.endswith(b"\n") or line.count(b"\n") != 1:
+        raise ProtocolError("the opening line must be one line ending in a newline")
+    body = line[len(_LINE_PREFIX) : -1]
+    if len(line) > MAX_HELLO:
+        raise ProtocolError(f"the opening line is too long (at most {MAX_HELLO} bytes)")
+    if any(b < 0x20 or b > 0x7E for b in body):
+        raise ProtocolError("the opening line must be plain printable ASCII")
+    if b"\\" in body:
+        raise ProtocolError("the opening line may not use escapes")
+    # One flat object: no nesting means the JSON parser can never recurse on a stranger's bytes.
+    if body.count(b"{") != 1 or body.count(b"}") != 1 or b"[" in body or b"]" in body:
+        raise ProtocolError('the opening line must be one flat object: {"sale_id": ..., "min_seq": ...}')
+    try:
+        obj = json.loads(body, object_pairs_hook=_refuse_repeats, parse_constant=_refuse_constant)
+    except ValueError as exc:  # our own refusals from the hooks are ProtocolErrors and pass through
+        raise ProtocolError('the opening line is not a JSON object like {"sale_id": ..., "min_seq": ...}') from exc
+    if not isinstance(obj, dict):
+        raise ProtocolError('the opening line is not a JSON object like {"sale_id": ..., "min_seq": ...}')
+    unknown = sorted(set(obj) - {"sale_id", "min_seq"})
+    if unknown:
+        raise ProtocolError(f"the opening line has fields this provider does not take: {', '.join(unknown)[:60]}")
     sale_id, min_seq = obj.get("sale_id"), obj.get("min_seq")
-    if not isinstance(sale_id, str) or not sale_id or len(sale_id) > 256:
-        raise ProtocolError("hello has no valid sale_id")
-    if not isinstance(min_seq, int) or isinstance(min_seq, bool) or min_seq < 0:
-        raise ProtocolError("hello has no valid min_seq")
-    return sale_id, min_seq
+    if not isinstance(sale_id, str) or not _SALE_ID.fullmatch(sale_id) or not sale_id.strip("."):
+        raise ProtocolError("the opening line's sale_id is not a sale id (1 to 80 letters, digits or _ . : -)")
+    if not isinstance(min_seq, int) or isinstance(min_seq, bool) or not 0 <= min_seq <= MAX_SEQ:
+        raise ProtocolError("the opening line's min_seq is not a whole number from 0 up")
+    return Hello(sale_id, min_seq)
+
+
+def read_hello(sock: socket.socket, deadline: float | None = None) -> Hello:
+    """Provider side of :func:`send_hello`, blocking until ``deadline`` (a ``time.monotonic()`` value)."""
+    return parse_hello(_read_line(sock, MAX_HELLO, deadline))
+
+
+def refusal_line(reason: str) -> bytes:
+    """The provider's plaintext refusal, for sending without blocking."""
+    return _line({"refused": reason})
 
 
 def send_reply(sock: socket.socket, refused: str | None) -> None:

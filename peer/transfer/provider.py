@@ -21,6 +21,7 @@ from broker.content import (
     FileCommitment,
     ManifestHeader,
     MerkleTree,
+    key_commitment,
     sign_header,
 )
 from peer.transfer import protocol
@@ -33,20 +34,27 @@ from peer.transfer.errors import (
     TransferError,
     TransferRefused,
 )
+from peer.transfer.gate import Arrival, HelloGate, Slots
 from peer.transfer.source import SegmentSource
 from peer.transfer.tls import check_peer, close_quietly, server_context
 
-__all__ = ["ProviderServer", "SaleGrant", "UploadStatus"]
+__all__ = ["MAX_RECORDS", "ProviderServer", "SaleGrant", "UploadStatus"]
 
 log = logging.getLogger(__name__)
 
 _PIPELINE_DEPTH = 4
 _LIMITED_CHUNK = 64 * 1024
+MAX_RECORDS = 512  # finished uploads and refusals kept for the uploads view; live ones are always kept
+_FINAL = ("done", "refused", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
 class SaleGrant:
-    """What ``authorize`` returns for a sale the provider agrees to serve."""
+    """What ``authorize`` returns for a sale the provider agrees to serve.
+
+    ``key`` and ``key_commitment`` may be left empty by ``authorize`` when the
+    server's ``authenticated`` hook supplies them once the buyer is authenticated.
+    """
 
     sale_id: str
     doc_id: str
@@ -85,6 +93,7 @@ class _Upload:
         self.status = UploadStatus("", "", peer, 0, 0, 0, 0.0, "handshake")
         self.control = control
         self.started = time.monotonic()
+        self.slot: str | None = None  # the source address whose checking slot this connection holds
 
     def update(self, **changes: object) -> None:
         self.status = replace(self.status, **changes)  # type: ignore[arg-type]
@@ -99,10 +108,23 @@ class _Upload:
 class ProviderServer:
     """Accepts consumers, authenticates them per sale, and streams signed ciphertext.
 
-    ``authorize(sale_id, min_seq)`` is asked about every connection before any
-    TLS happens; it returns a :class:`SaleGrant` or raises ``TransferRefused``.
-    Each connection runs in its own thread, with a second thread reading and
-    encrypting ahead so disk, AES and hashing overlap with the socket.
+    Nothing a caller says is believed until the ledger and the TLS handshake
+    confirm it, and nothing it costs before then is unbounded:
+
+    1. :class:`~peer.transfer.gate.HelloGate` holds new connections, thread-free,
+       until they say a valid hello (deadline ``hello_timeout``; at most
+       ``max_waiting`` of them, ``max_waiting_per_address`` per address).
+    2. ``authorize(sale_id, min_seq)`` is asked about the hello's sale before
+       any TLS happens; it returns a :class:`SaleGrant` or raises
+       ``TransferRefused``. At most ``max_checking`` (``max_checking_per_address``)
+       connections are in this step or the handshake at once, and the whole
+       unauthenticated phase has ``handshake_timeout`` seconds.
+    3. Mutual TLS pins the grant's buyer; only then is ``authenticated(grant)``
+       called (the provider escrows the sale key there, so a stranger's
+       connection never causes a write) and the document streamed.
+
+    Each authenticated connection runs in its own thread, with a second thread
+    reading and encrypting ahead so disk, AES and hashing overlap with the socket.
     """
 
     def __init__(
@@ -115,22 +137,33 @@ class ProviderServer:
         port: int = 0,
         rate_limit_bps: int | None = None,
         *,
+        authenticated: Callable[[SaleGrant], SaleGrant] | None = None,
         handshake_timeout: float = 10.0,
+        hello_timeout: float = 5.0,
         io_timeout: float = 60.0,
+        max_waiting: int = 256,
+        max_waiting_per_address: int = 16,
+        max_checking: int = 64,
+        max_checking_per_address: int = 16,
     ) -> None:
         self._key = identity_key
         self._login = login
         self._cert_pem = cert_pem
         self._authorize = authorize
+        self._authenticated = authenticated
         self._host = host
         self._requested_port = port
         self.rate = TransferControl(rate_limit_bps)
         self._handshake_timeout = handshake_timeout
+        self._hello_timeout = min(hello_timeout, handshake_timeout)
         self._io_timeout = io_timeout
+        self._gate_limits = (max_waiting, max_waiting_per_address)
+        self._slots = Slots(max_checking, max_checking_per_address)
         self._lock = threading.Lock()
         self._uploads: list[_Upload] = []
         self._threads: set[threading.Thread] = set()
         self._listener: socket.socket | None = None
+        self._gate: HelloGate | None = None
         self._acceptor: threading.Thread | None = None
         self._stopping = threading.Event()
         self._trees: dict[str, MerkleTree] = {}
@@ -142,11 +175,13 @@ class ProviderServer:
         if self._listener is not None:
             raise RuntimeError("server already started")
         self._stopping.clear()
-        self._listener = socket.create_server((self._host, self._requested_port), backlog=64)
-        # accept() is not reliably woken by close() from another thread; poll instead.
-        self._listener.settimeout(0.2)
+        self._listener = socket.create_server((self._host, self._requested_port), backlog=128)
         self.port = self._listener.getsockname()[1]
-        self._acceptor = threading.Thread(target=self._accept_loop, name="acb-provider-accept", daemon=True)
+        waiting, per_address = self._gate_limits
+        self._gate = HelloGate(self._listener, self._on_hello, self._on_turned_away, timeout=self._hello_timeout,
+                               max_waiting=waiting, max_waiting_per_address=per_address)
+        self._acceptor = threading.Thread(target=self._gate.run, args=(self._stopping,), name="acb-provider-accept",
+                                          daemon=True)
         self._acceptor.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -176,9 +211,18 @@ class ProviderServer:
 
     # ------------------------------------------------------------------ observation
     def uploads(self) -> list[UploadStatus]:
-        """Snapshots of every upload of this server's lifetime, oldest first."""
+        """Snapshots of the uploads of this server's lifetime, oldest first.
+
+        Live uploads are always listed; of the finished ones the newest
+        :data:`MAX_RECORDS` are kept (strangers' refusals are dropped first).
+        """
         with self._lock:
             return [u.snapshot() for u in self._uploads]
+
+    @property
+    def turned_away(self) -> int:
+        """Connections refused before they said a valid hello."""
+        return self._gate.turned_away if self._gate is not None else 0
 
     def control(self, sale_id: str) -> TransferControl | None:
         """The control of the latest upload for ``sale_id`` (pause, resume, cancel, rate)."""
@@ -188,34 +232,64 @@ class ProviderServer:
                     return u.control
         return None
 
-    # ------------------------------------------------------------------ connections
-    def _accept_loop(self) -> None:
-        assert self._listener is not None
-        listener = self._listener
-        while not self._stopping.is_set():
-            try:
-                conn, addr = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if self._stopping.is_set():
-                    return
-                time.sleep(0.05)
-                continue
-            conn.setblocking(True)
-            upload = _Upload(f"{addr[0]}:{addr[1]}", TransferControl())
-            t = threading.Thread(target=self._serve, args=(conn, upload), name="acb-provider-conn", daemon=True)
-            with self._lock:
-                self._uploads.append(upload)
-                self._threads.add(t)
-            t.start()
+    def _record(self, upload: _Upload) -> None:
+        """Keep ``upload`` for :meth:`uploads`, dropping the oldest finished records beyond the bound."""
+        with self._lock:
+            self._uploads.append(upload)
+            excess = len(self._uploads) - MAX_RECORDS
+            for states in (("refused",), _FINAL):
+                if excess <= 0:
+                    break
+                kept = []
+                for u in self._uploads:
+                    if excess > 0 and u.status.state in states and u is not upload:
+                        excess -= 1
+                        continue
+                    kept.append(u)
+                self._uploads = kept
 
-    def _serve(self, conn: socket.socket, upload: _Upload) -> None:
+    # ------------------------------------------------------------------ connections
+    def _on_turned_away(self, arrival: Arrival, reason: str) -> None:
+        upload = _Upload(arrival.peer, TransferControl())
+        upload.update(state="refused", error=reason)
+        self._record(upload)
+        log.debug("turned away %s: %s", arrival.peer, reason)
+
+    def _on_hello(self, arrival: Arrival, hello: protocol.Hello) -> None:
+        """A connection said a valid hello: check its sale on a thread of its own, if a slot is free."""
+        conn = arrival.sock
+        upload = _Upload(arrival.peer, TransferControl())
+        upload.update(sale_id=hello.sale_id)
+        busy = self._slots.take(arrival.address)
+        if busy is not None or self._stopping.is_set():
+            reason = busy or "the provider is shutting down"
+            conn.setblocking(False)  # this runs on the front door's thread: never wait for a stranger
+            with contextlib.suppress(OSError):
+                conn.send(protocol.refusal_line(reason))
+            close_quietly(conn)
+            upload.update(state="refused", error=reason)
+            self._record(upload)
+            return
+        upload.slot = arrival.address
+        deadline = arrival.opened + self._handshake_timeout
+        t = threading.Thread(target=self._serve, args=(conn, upload, hello, deadline), name="acb-provider-conn",
+                             daemon=True)
+        with self._lock:
+            self._threads.add(t)
+        self._record(upload)
+        t.start()
+
+    def _leave_slot(self, upload: _Upload) -> None:
+        if upload.slot is not None:
+            self._slots.give_back(upload.slot)
+            upload.slot = None
+
+    def _serve(self, conn: socket.socket, upload: _Upload, hello: protocol.Hello, deadline: float) -> None:
         # Every socket object of the session (plain, TLS, unwrapped) is closed here.
         socks: list[socket.socket] = [conn]
         try:
             upload.control.attach(conn)
-            self._session(conn, upload, socks)
+            self._session(conn, upload, socks, hello, deadline)
             upload.update(state="done")
         except TransferRefused as exc:
             upload.update(state="refused", error=exc.reason)
@@ -236,30 +310,39 @@ class ProviderServer:
             upload.update(state="failed", error=f"internal error: {exc!r}")
             log.exception("upload to %s crashed", upload.status.peer)
         finally:
+            self._leave_slot(upload)
             for sock in socks:
                 upload.control.detach(sock)
                 close_quietly(sock)
             with self._lock:
                 self._threads.discard(threading.current_thread())
 
-    def _session(self, conn: socket.socket, upload: _Upload, socks: list[socket.socket]) -> None:
-        conn.settimeout(self._handshake_timeout)
+    def _session(self, conn: socket.socket, upload: _Upload, socks: list[socket.socket], hello: protocol.Hello,
+                 deadline: float) -> None:
+        sale_id = hello.sale_id
+
+        def left() -> float:
+            # One deadline for the whole unauthenticated phase: a slow step cannot stretch the next one.
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TransferRefused("the handshake took too long")
+            return remaining
+
         try:
-            sale_id, min_seq = protocol.read_hello(conn)
-        except ProtocolError as exc:
-            with contextlib.suppress(OSError):
-                protocol.send_reply(conn, str(exc))
-            raise TransferRefused(str(exc)) from exc
-        upload.update(sale_id=sale_id)
-        try:
-            grant = self._authorize(sale_id, min_seq)
+            # The hello's min_seq goes to this connection's own question to the ledger and nowhere else.
+            grant = self._authorize(sale_id, hello.min_seq)
             self._check_grant(grant, sale_id)
+            conn.settimeout(left())
         except TransferRefused as exc:
-            protocol.send_reply(conn, exc.reason)
+            conn.settimeout(1.0)
+            with contextlib.suppress(OSError):
+                protocol.send_reply(conn, exc.reason)
             raise
         except Exception as exc:
             log.exception("authorize(%s) failed", sale_id)
-            protocol.send_reply(conn, "provider could not check the sale")
+            conn.settimeout(1.0)
+            with contextlib.suppress(OSError):
+                protocol.send_reply(conn, "provider could not check the sale")
             raise TransferRefused(f"authorize failed: {exc!r}") from exc
         upload.update(consumer=grant.consumer_login)
         protocol.send_reply(conn, None)
@@ -268,6 +351,7 @@ class ProviderServer:
         try:
             tls = ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
             socks.append(tls)
+            tls.settimeout(left())
             tls.do_handshake()
         except (ssl.SSLError, OSError) as exc:
             raise AuthenticationFailed(
@@ -275,11 +359,17 @@ class ProviderServer:
             ) from exc
         upload.control.attach(tls)
         try:
-            check_peer(tls, grant.consumer_public_key, f"consumer of sale {sale_id}")
+            check_peer(tls, grant.consumer_public_key, f"consumer of sale {sale_id}", login=grant.consumer_login)
+            # Authenticated: from here on the connection is the buyer's, not a stranger's.
+            self._leave_slot(upload)
+            tls.settimeout(self._handshake_timeout)
             upload.update(state="sending")
             request = protocol.read_message(tls)
             try:
                 start, until, bulk_tls = self._check_request(request, grant)
+                if self._authenticated is not None:
+                    grant = self._authenticated(grant)
+                self._check_key(grant, sale_id)
             except (TransferRefused, ProtocolError) as exc:
                 # Say why before hanging up, so the consumer reports the reason rather than a lost connection.
                 with contextlib.suppress(OSError, ssl.SSLError):
@@ -321,8 +411,6 @@ class ProviderServer:
         c = grant.commitment
         if grant.sale_id != sale_id:
             raise TransferRefused("provider granted a different sale")
-        if len(grant.key) != KEY_SIZE:
-            raise TransferRefused("provider has no valid key for this sale")
         if c.segment_size != grant.segment_size or len(c.leaves) != c.segment_count:
             raise TransferRefused("provider's commitment for this document is incomplete")
         try:
@@ -331,6 +419,16 @@ class ProviderServer:
             raise TransferRefused(f"provider cannot read the document: {exc.strerror}") from exc
         if actual != c.size:
             raise TransferRefused("provider's copy of the document changed since it was published")
+
+    @staticmethod
+    def _check_key(grant: SaleGrant, sale_id: str) -> None:
+        if grant.sale_id != sale_id:
+            raise TransferRefused("provider granted a different sale")
+        if len(grant.key) != KEY_SIZE:
+            raise TransferRefused("provider has no valid key for this sale")
+        if key_commitment(sale_id, grant.key) != grant.key_commitment:
+            # Never stream under a key other than the one committed to in the header (and escrowed).
+            raise TransferRefused("provider's key for this sale does not match its commitment")
 
     def _check_request(self, request: dict[str, object], grant: SaleGrant) -> tuple[int, int, bool]:
         if request.get("type") != "request":

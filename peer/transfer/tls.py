@@ -186,10 +186,22 @@ def peer_public_key(sock: ssl.SSLSocket) -> bytes:
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def check_peer(sock: ssl.SSLSocket, expected_public_key: bytes, who: str) -> None:
-    """Raise :class:`AuthenticationFailed` unless the peer holds ``expected_public_key``."""
+def check_peer(sock: ssl.SSLSocket, expected_public_key: bytes, who: str, *, login: str | None = None) -> None:
+    """Raise :class:`AuthenticationFailed` unless the peer holds ``expected_public_key``.
+
+    The TLS handshake already proved the peer holds the private half of the
+    certificate it presented; comparing the raw key pins that certificate to
+    the one the ledger registered. With ``login``, the certificate must also be
+    made out to that login (the sale's buyer), not merely carry the right key.
+    """
     if peer_public_key(sock) != expected_public_key:
         raise AuthenticationFailed(f"{who} presented a certificate for a different key than registered")
+    if login is not None:
+        der = sock.getpeercert(binary_form=True)
+        attrs = x509.load_der_x509_certificate(der or b"").subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        named = attrs[0].value if attrs else None
+        if (named.decode() if isinstance(named, bytes) else named) != login:
+            raise AuthenticationFailed(f"{who} presented a certificate made out to someone other than {login}")
 
 
 def close_quietly(sock: socket.socket | None) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -107,6 +110,49 @@ def test_registered_user_who_is_not_the_buyer_is_refused(
         market.download(running, "s1", tmp_path / "dl", as_user=market.other)
     assert wait_for(lambda: running.uploads()[-1].state == "refused")
     assert running.uploads()[-1].segments_sent == 0
+
+
+def test_an_opening_line_dribbled_byte_by_byte_is_cut_at_the_deadline(market: Market, tmp_path: Path) -> None:
+    """Slowloris: one byte now and then keeps a per-read timeout happy forever; the deadline is for the whole line."""
+    market.sell("s1")
+    line = b'ACB1 {"sale_id": "s1", "min_seq": 0}\n'
+    with market.server(handshake_timeout=1.0) as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        start = time.monotonic()
+        answer = b""
+        pace = threading.Event()
+        for byte in line[:-1]:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            if pace.wait(0.1):  # the attack's own pace, not a synchronisation
+                break
+            if time.monotonic() - start > 1.5:
+                break
+        sock.settimeout(3)
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            answer = sock.recv(4096)
+        took = time.monotonic() - start
+        assert answer.startswith(b'ACB1 {"refused":') and b"in time" in answer, answer
+        assert took < 2.0, took
+        # The honest buyer is served as ever.
+        assert market.download(server, "s1", tmp_path / "dl").complete
+
+
+def test_idle_connections_from_the_buyers_own_address_do_not_lock_it_out(market: Market, tmp_path: Path) -> None:
+    """Behind one address (a NAT, or here loopback) the oldest idle connections make room for a fresh one."""
+    market.sell("s1")
+    with market.server(max_waiting_per_address=8) as server:
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(100)]
+        try:
+            assert market.download(server, "s1", tmp_path / "dl").complete
+            assert server.turned_away >= 92
+            refused = [u for u in server.uploads() if u.state == "refused"]
+            assert refused and all("too many connections from your address" in (u.error or "") for u in refused)
+        finally:
+            for sock in idle:
+                sock.close()
 
 
 def test_impostor_provider_is_refused_by_the_consumer(market: Market, tmp_path: Path) -> None:
