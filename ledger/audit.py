@@ -117,12 +117,12 @@ def audit(store: Store, *, use_snapshot: bool = False, check_every: int = 1000,
     resolved: dict[str, int] = {}
     escrowed: set[str] = {sid for sid, s in state.sales.items() if s.key_commitment}
     commands_seen: dict[str, int] = {}
-    group: list[Any] = []  # rows of the entry being read, and the state before it
-    before = state
+    group: list[Any] = []  # rows of the entry being read
+    entry_start = state  # the state before that entry
     try:
         for row in store.rows(after=state.seq):
             if not group:
-                before = state
+                entry_start = state
             group.append(row)
             event = parse_event(row.payload)
             before = state.sales.get(getattr(event, "sale_id", ""), None)
@@ -147,7 +147,7 @@ def audit(store: Store, *, use_snapshot: bool = False, check_every: int = 1000,
             report.events += 1
             if row.entry is not None:
                 if operator_key is not None:
-                    problem = _entry_violation(before, group, operator_key)
+                    problem = _entry_violation(entry_start, group, operator_key)
                     if problem is not None:
                         report.violations.append(problem)
                     report.signed_entries += 1

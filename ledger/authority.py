@@ -174,7 +174,8 @@ def _sale_party(state: State, sale_id: str, role: str) -> str | None:
 
 def _escrow(state: State, sender: str, cmd: c.EscrowKey, e: ev.KeyEscrowed) -> str | None:
     return _by(_sale_party(state, cmd.sale_id, "provider"), sender, "escrow this sale's key") or _same(
-        [("sale_id", e.sale_id, cmd.sale_id), ("key_commitment", e.key_commitment, cmd.key_commitment)])
+        [("sale_id", e.sale_id, cmd.sale_id), ("key_commitment", e.key_commitment, cmd.key_commitment),
+         ("document", cmd.doc_id, _sale_party(state, cmd.sale_id, "doc_id"))])
 
 
 def _settle(state: State, sender: str, cmd: c.SettleSale, e: ev.SaleSettled) -> str | None:

@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
-from ledger.errors import StoreError
+from ledger.errors import ConfigError, StoreError
 from ledger.keys import load_system
 from ledger.replica import Replica, ReplicaConfig
 from ledger.store import default_store_url
@@ -49,7 +49,7 @@ def run_replica(args: argparse.Namespace, settings: Any) -> int:
     replica_id = args.replica_id or os.environ.get("ACB_REPLICA_ID") or f"{socket.gethostname()}-{os.getpid()}"
     store = resolve_store_url(args.store or default_store_url(f"ledger-{replica_id}"), replica_id)
     logging.getLogger().setLevel(logging.INFO)
-    config = ReplicaConfig(replica_id=replica_id, broker_url=settings.broker_url, store_url=store,
+    config = ReplicaConfig(replica_id=replica_id, broker_url=settings.replica_broker_url, store_url=store,
                            names=settings.names, hold_ttl_ms=int(args.hold_ttl * 1000),
                            snapshot_every=args.snapshot_every)
     replica = Replica(config, load_system(settings.home))
@@ -165,23 +165,27 @@ def operator_replica(args: argparse.Namespace, settings: Any) -> int:
     from ledger.keys import certify_replica, load_roster, remove_replica, replica_key_path
 
     action = args.replica_action
+    if action != "list" and not args.id:
+        raise ConfigError(f"acb operator replica {action} needs the replica's id")
     if action == "list":
         roster = load_roster(settings.home)
-        data = {"serial": roster.serial if roster else 0, "replicas": sorted(roster.replicas) if roster else []}
-        print(json.dumps(data, sort_keys=True) if args.json else
-              f"roster {data['serial']}: " + (", ".join(data["replicas"]) or "no replica certified yet"))
+        ids = sorted(roster.replicas) if roster else []
+        print(json.dumps({"serial": roster.serial if roster else 0, "replicas": ids}, sort_keys=True) if args.json
+              else f"roster {roster.serial if roster else 0}: " + (", ".join(ids) or "no replica certified yet"))
         return 0
     roster = certify_replica(settings.home, args.id) if action == "add" else remove_replica(settings.home, args.id)
     sent = _send_roster(settings, roster, timeout=args.timeout)
-    data = {"replica": args.id, "action": action, "serial": roster.serial, "replicas": sorted(roster.replicas),
-            "sent_to_ledger": sent, "key_file": str(replica_key_path(settings.home, args.id))}
+    ids = sorted(roster.replicas)
+    key_file = str(replica_key_path(settings.home, args.id))
+    data = {"replica": args.id, "action": action, "serial": roster.serial, "replicas": ids, "sent_to_ledger": sent,
+            "key_file": key_file}
     if args.json:
         print(json.dumps(data, sort_keys=True))
     else:
         verb = "certified" if action == "add" else "removed"
-        print(f"replica {args.id} {verb}: roster {roster.serial} lists {', '.join(data['replicas']) or 'no replica'}")
+        print(f"replica {args.id} {verb}: roster {roster.serial} lists {', '.join(ids) or 'no replica'}")
         if action == "add":
-            print(f"its key is {data['key_file']}: copy it, with {settings.home / 'system'}, to the replica's machine")
+            print(f"its key is {key_file}: copy it, with {settings.home / 'system'}, to the replica's machine")
         print("the ledger has the new roster" if sent else
               "no ledger answered: the next primary announces this roster when it starts")
     return 0
@@ -197,7 +201,7 @@ def _send_roster(settings: Any, roster: Any, *, timeout: float) -> bool:
 
     env = seal(c.SetRoster(roster=roster.to_wire()), sender=c.OPERATOR, key=load_operator_key(settings.home))
     try:
-        url = getattr(settings, "operator_broker_url", None) or settings.broker_url
+        url = settings.operator_url or settings.broker_url
         with BrokerClient(url, settings.names, trust=Trust.load(settings.home)) as client:
             client.request(env, timeout=timeout).unwrap()
     except BrokerError as exc:

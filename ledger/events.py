@@ -117,6 +117,7 @@ class KeyEscrowed(_Event):
     sale_id: str
     key_commitment: str
     sealed_key: str  # HPKE to the ledger's key; opened only to check it and to release it
+    doc_id: str | None = None  # the document the key was escrowed for (absent in entries before it was named)
 
 
 class SaleSettled(_Event):

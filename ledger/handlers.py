@@ -221,8 +221,12 @@ def _escrow(state: State, sender: str, cmd: c.EscrowKey, ctx: Context) -> Decisi
         if sale.key_commitment == cmd.key_commitment:
             return Decision([], {"sale_id": cmd.sale_id, "key_commitment": cmd.key_commitment})
         raise errors.BadEscrow(f"sale {cmd.sale_id} already has a different key escrowed")
+    doc = state.documents.get(sale.doc_id)
+    if cmd.doc_id != sale.doc_id or doc is None or cmd.merkle_root != doc.merkle_root:
+        raise errors.BadEscrow(f"the key offered for sale {cmd.sale_id} is for another document than the sale's")
     _open_escrow(cmd.sale_id, cmd.sealed_key, cmd.key_commitment, ctx)
-    event = ev.KeyEscrowed(sale_id=cmd.sale_id, key_commitment=cmd.key_commitment, sealed_key=cmd.sealed_key)
+    event = ev.KeyEscrowed(sale_id=cmd.sale_id, key_commitment=cmd.key_commitment, sealed_key=cmd.sealed_key,
+                           doc_id=cmd.doc_id)
     return Decision([event], {"sale_id": cmd.sale_id, "key_commitment": cmd.key_commitment})
 
 

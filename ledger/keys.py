@@ -56,6 +56,12 @@ class SystemKeys:
                 trust.adopt(roster)
         return trust
 
+    def operator_key(self) -> Ed25519PrivateKey | None:
+        """The operator's private key when it is kept on this machine (a single-machine installation)."""
+        if self.home is None or not (system_dir(self.home) / "operator.key").exists():
+            return None
+        return load_operator_key(self.home)
+
     def replica_key(self, replica_id: str, *, certify: bool = True) -> Ed25519PrivateKey:
         """This replica's signing key, certified in the roster (certifying it when the operator key is here)."""
         if self.home is None:

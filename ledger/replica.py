@@ -89,6 +89,31 @@ class Replica:
                                  daemon=True)
             t.start()
             self._threads.append(t)
+        # Not among the watched threads: it ends once the log knows this replica's key.
+        threading.Thread(target=self._announce_roster, name=f"{self.config.replica_id}-roster", daemon=True).start()
+
+    def _announce_roster(self) -> None:
+        """Tell the log about a roster newer than its own (this replica was just certified), when the operator's
+        key is on this machine; otherwise the operator's `acb operator replica add` has sent it already."""
+        operator_key = self.keys.operator_key()
+        if operator_key is None:
+            return
+        from broker import commands as c
+        from broker.client import BrokerClient
+        from broker.envelope import seal
+
+        while not self.stop_event.is_set():
+            roster, mine = self.follower.state.roster, self.trust.roster
+            if mine is None or (roster is not None and roster.serial >= mine.serial):
+                return
+            if self.follower.state.primary is not None:
+                try:
+                    env = seal(c.SetRoster(roster=mine.to_wire()), sender=c.OPERATOR, key=operator_key)
+                    with BrokerClient(self.config.broker_url, self.config.names, trust=self.trust) as client:
+                        client.request(env, timeout=10)
+                except BrokerError as exc:
+                    log.info("roster %d not announced yet: %s", mine.serial, exc)
+            self.stop_event.wait(1.0)
 
     def stop(self, timeout: float = 5.0) -> None:
         self.stop_event.set()

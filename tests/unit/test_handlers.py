@@ -12,8 +12,8 @@ from pydantic import BaseModel
 
 from broker import commands as c
 from broker import content, errors
-from broker.codec import b64d
-from broker.sealing import SealError, escrow_info, open_sealed, release_info
+from broker.codec import b64d, b64e
+from broker.sealing import SealError, escrow_info, open_sealed, release_info, seal_to, x25519_public_raw
 from ledger.handlers import expire_holds
 from ledger.model import OPEN, REFUNDED, SETTLED, VOIDED, invariant_violations, state_hash
 from tests.conftest import Book, Member
@@ -355,11 +355,25 @@ def test_bad_escrow_key_sealed_for_another_sale(market: Book) -> None:
 
 def test_bad_escrow_key_sealed_to_someone_else(market: Book) -> None:
     market.open_sale("bob", "s-1", "doc-1")
+    honest = market.escrow_command("s-1", os.urandom(32))
     stranger = Book()
     stranger.ledger_key = X25519PrivateKey.generate()
-    sealed = stranger.escrow_command("s-1", os.urandom(32))
+    other = seal_to(x25519_public_raw(stranger.ledger_key), os.urandom(32), escrow_info("s-1"))
+    sealed = honest.model_copy(update={"sealed_key": b64e(other)})
     refused(market, sealed, "alice", "bad_escrow", "does not open")
     refused(market, sealed.model_copy(update={"sealed_key": "not base64!"}), "alice", "bad_escrow")
+
+
+def test_an_escrow_for_another_document_than_the_sales_is_refused(market: Book) -> None:
+    market.publish("alice", "doc-2", price=5)
+    market.open_sale("bob", "s-1", "doc-1")
+    honest = market.escrow_command("s-1", os.urandom(32))
+    other = market.state.documents["doc-2"]
+    refused(market, honest.model_copy(update={"doc_id": "doc-2", "merkle_root": other.merkle_root}), "alice",
+            "bad_escrow", "another document")
+    refused(market, honest.model_copy(update={"merkle_root": other.merkle_root}), "alice", "bad_escrow",
+            "another document")
+    assert market.state.sales["s-1"].key_commitment is None
 
 
 def test_bad_escrow_a_second_different_key(market: Book) -> None:
