@@ -139,6 +139,7 @@ class Trust:
         if len(operator_key) != 32:
             raise errors.BadSignature("the operator key must be 32 raw bytes")
         self.operator_key = operator_key
+        self.home: Path | None = None  # where load() found the roster, to look again
         self._roster: Roster | None = None
         self._lock = threading.Lock()
         if roster is not None:
@@ -186,13 +187,21 @@ class Trust:
             trust = cls(bytes.fromhex(key_hex))
         except ValueError as exc:
             raise errors.ConfigurationError("the operator public key is not 64 hex digits") from exc
-        for path in (home / "system" / "roster.json", home / "roster.json"):
+        trust.home = home
+        trust.reload()
+        return trust
+
+    def reload(self) -> None:
+        """Look again at the roster files where :meth:`load` found the trust root (the operator's machine
+        keeps the newest one there)."""
+        if self.home is None:
+            return
+        for path in (self.home / "system" / "roster.json", self.home / "roster.json"):
             if path.exists():
                 try:
-                    trust.adopt(Roster.model_validate_json(path.read_bytes()))
+                    self.adopt(Roster.model_validate_json(path.read_bytes()))
                 except (ValueError, errors.BrokerError):
                     pass  # a stale or damaged copy: the ledger hands out the current roster
-        return trust
 
     @classmethod
     def from_env(cls) -> Trust:
