@@ -41,7 +41,7 @@ from ledger.handlers import Context, authenticate, decide, expire_holds
 from ledger.log import ACCEPTED, LogBatch, LogEntry, fold_entry
 from ledger.model import State
 
-__all__ = ["CommandProcessor", "TICK"]
+__all__ = ["CommandProcessor", "TICK", "log_messages", "LOG_MESSAGE_MAX"]
 
 log = logging.getLogger(__name__)
 TICK = "tick"
@@ -49,11 +49,30 @@ _BATCH = 64  # commands decided per log write: small enough that a batch never k
 _PREFETCH = 4096
 _PER_CHANNEL = 256  # commands of one client channel waiting at once; beyond, it is told `busy`
 _CONFIRM_TIMEOUT = 10.0
+LOG_MESSAGE_MAX = 8 << 20  # bytes of one log stream message, well below the broker's 16 MiB maximum
 # Refusals are not in the log; remember recent ones so a retry gets the same answer.
 _REJECTED_MEMORY = 50_000
 # Messages no ledger could ever apply go to the dead-letter queue with the reason; business refusals
 # (insufficient funds, unknown user, ...) are answers, not dead letters.
 _UNHANDLEABLE = (errors.Malformed, errors.UnknownType, errors.UnsupportedVersion, errors.BadSignature)
+
+
+def log_messages(entries: list[LogEntry], limit: int = LOG_MESSAGE_MAX) -> list[bytes]:
+    """The entries as stream messages, in order, each below ``limit`` bytes where one entry allows
+    (RabbitMQ refuses messages over its maximum size; disputes carry a whole segment)."""
+    out: list[bytes] = []
+    group: list[LogEntry] = []
+    size = 0
+    for entry in entries:
+        n = len(entry.model_dump_json())
+        if group and size + n > limit:
+            out.append(LogBatch(entries=group).model_dump_json().encode())
+            group, size = [], 0
+        group.append(entry)
+        size += n
+    if group:
+        out.append(LogBatch(entries=group).model_dump_json().encode())
+    return out
 
 
 class Deposed(Exception):
@@ -191,8 +210,8 @@ class CommandProcessor:
     def _write(self, log_ch: Any, entries: list[LogEntry]) -> dict[str, Any]:
         ids = [e.entry_id for e in entries]
         self.follower.expect(ids)
-        body = LogBatch(entries=entries).model_dump_json().encode()
-        log_ch.basic_publish("", self.names.log, body, pika.BasicProperties(delivery_mode=2))
+        for body in log_messages(entries):
+            log_ch.basic_publish("", self.names.log, body, pika.BasicProperties(delivery_mode=2))
         deadline = time.monotonic() + _CONFIRM_TIMEOUT
         while True:
             # Wait in slices, keeping this connection's heartbeats going: a slow log must not look

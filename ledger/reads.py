@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker import errors
 from broker import queries as q
+from broker.answers import parse_answer
 from broker.client import connect
 from broker.envelope import Envelope, open_envelope, verify
 from broker.replies import Reply
@@ -265,7 +266,9 @@ class ReadServer:
         state = self.follower.state
         result = answer(state, env, self.keys, self.catalog, int(time.time() * 1000), self.trust,
                         self.keystore_fetches)
-        return Reply(id=env.id, ok=True, seq=state.seq, result=result, served_by=self.replica_id)
+        # Built as the query's answer model: this replica cannot send a shape clients do not know.
+        typed = parse_answer(env.payload.type, result)
+        return Reply(id=env.id, ok=True, seq=state.seq, result=typed.to_result(), served_by=self.replica_id)
 
     def _answer_waiting(self, ch: Any) -> None:
         if not self._waiting:

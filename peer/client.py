@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from broker import commands as c
 from broker import errors
 from broker import queries as q
+from broker.answers import Answer, parse_answer
 from broker.client import BrokerClient
 from broker.codec import b64d
 from broker.envelope import seal
@@ -132,14 +133,19 @@ class Client:
 
     def ask(self, payload: BaseModel, *, signed: bool = True, sender: str | None = None,
             key: Ed25519PrivateKey | None = None, timeout: float | None = None) -> dict[str, Any]:
-        """Send a read query (to a backup) and return its result."""
+        """Send a read query (to a backup) and return its result, checked against the query's answer model."""
+        return self.query(payload, signed=signed, sender=sender, key=key, timeout=timeout).to_result()
+
+    def query(self, payload: BaseModel, *, signed: bool = True, sender: str | None = None,
+              key: Ed25519PrivateKey | None = None, timeout: float | None = None) -> Answer:
+        """Send a read query and return its typed answer (see :mod:`broker.answers`)."""
         if signed and sender is None:
             me = self._me()
             sender, key = me.login, me.sign_key
         env = seal(payload, sender=sender or "anonymous", key=key if signed else None, kind="query",
                    min_seq=self.last_seq)
         reply = self.broker.request(env, timeout=timeout or self.timeout, on_wait=self.on_wait).unwrap()
-        return reply.result
+        return parse_answer(str(getattr(payload, "type", "")), reply.result)
 
     # -- identity ----------------------------------------------------------------------------------
     def register(self, login: str, password: str) -> Identity:

@@ -39,3 +39,19 @@ def test_drain_hands_everything_back() -> None:
     for i in range(4):
         inbox.add(str(i % 2), i)
     assert sorted(inbox.drain()) == [0, 1, 2, 3] and len(inbox) == 0
+
+
+def test_a_batch_of_large_entries_is_cut_into_messages_below_the_limit() -> None:
+    from ledger.log import LogBatch, LogEntry
+    from ledger.primary import log_messages
+
+    def entry(i: int, size: int) -> LogEntry:
+        return LogEntry(entry_id=f"e{i}", epoch=1, writer="r1", expected_seq=i + 1, prev_hash="0" * 64, at_ms=0,
+                        events=[{"type": "deposited", "pad": "x" * size}])
+
+    entries = [entry(i, 3000 if i % 3 else 100) for i in range(30)]
+    messages = log_messages(entries, limit=10_000)
+    assert all(len(m) <= 10_000 + 500 for m in messages) and len(messages) > 1
+    again = [e for m in messages for e in LogBatch.model_validate_json(m).entries]
+    assert again == entries  # nothing lost, nothing reordered
+    assert log_messages([entry(0, 50_000)], limit=10_000) and len(log_messages([entry(0, 50_000)], limit=10)) == 1
