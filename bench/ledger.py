@@ -301,7 +301,7 @@ def _run(roles: Any, commands: int, replicas: int, sequential: int | None, repea
         for i in range(replicas):
             cluster.start(f"r{i + 1}")
         primary = cluster.wait_ready(replicas)
-        say(f"{replicas} replica(s) on prefix {cluster.names.prefix}; primary {primary['replica']} "
+        say(f"{replicas} replica(s) in vhost {roles.vhost}; primary {primary['replica']} "
             f"(pid {primary['pid']})")
         user = Client(BrokerClient(url, cluster.names, trust=Trust.load(cluster.work)), cluster.work)
         brokers.append(user.broker)

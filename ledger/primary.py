@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker import errors
 from broker.client import connect
+from broker.commands import OPERATOR
 from broker.envelope import Envelope, open_envelope
 from broker.replies import Reply
 from broker.topology import Names, declare
@@ -46,8 +47,9 @@ __all__ = ["CommandProcessor", "TICK", "log_messages", "LOG_MESSAGE_MAX"]
 log = logging.getLogger(__name__)
 TICK = "tick"
 _BATCH = 64  # commands decided per log write: small enough that a batch never keeps others waiting long
-_PREFETCH = 4096
-_PER_CHANNEL = 256  # commands of one client channel waiting at once; beyond, it is told `busy`
+_PREFETCH = 1024
+_PER_CHANNEL = 256  # commands of one sender waiting at once; beyond, they are dropped unread
+_STRANGER = "stranger"  # the one turn shared by commands that name no registered sender
 _CONFIRM_TIMEOUT = 10.0
 LOG_MESSAGE_MAX = 8 << 20  # bytes of one log stream message, well below the broker's 16 MiB maximum
 # Refusals are not in the log; remember recent ones so a retry gets the same answer.
@@ -93,7 +95,7 @@ class CommandProcessor:
         self.heartbeat = heartbeat
         self.epoch = 0  # nonzero while primary
         self.commands_handled = 0
-        self.shed = 0  # commands answered `busy` because their channel was over its share
+        self.shed = 0  # commands dropped unread because their sender was over its share
         self.on_role_change: Callable[[bool], None] | None = None
         self._rejected: OrderedDict[str, Reply] = OrderedDict()
         self._conn: Any = None
@@ -149,17 +151,17 @@ class CommandProcessor:
             log_ch.confirm_delivery()
             inbox: FairInbox[tuple[Any, Any, bytes]] = FairInbox(per_channel=_PER_CHANNEL)
 
+            arrived: list[tuple[Any, Any, bytes]] = []
+
             def on_command(_ch: Any, method: Any, props: Any, body: bytes) -> None:
-                if props.type == TICK:
-                    channel = TICK
-                else:
-                    channel = str(props.reply_to or "")
-                if not inbox.add(channel, (method, props, body)):
-                    self._shed(ch, method, props, body)
+                # Nothing but keeping it: no ack here, so at most a prefetch's worth arrives per look and pika
+                # hands control back even while a flood goes on.
+                arrived.append((method, props, body))
 
             ch.basic_consume(self.names.commands, on_command)
             while not stop.is_set() and self.follower.halted is None:
-                conn.process_data_events(time_limit=0 if len(inbox) else 0.1)
+                conn.process_data_events(time_limit=0 if len(inbox) or arrived else 0.1)
+                self._file(ch, arrived, inbox)
                 if not self.certified():
                     raise Deposed("this replica is no longer in the operator's roster")
                 if not len(inbox):
@@ -329,13 +331,32 @@ class CommandProcessor:
         ch.basic_publish("", props.reply_to, reply.to_bytes(),
                          pika.BasicProperties(correlation_id=props.correlation_id, content_type="application/json"))
 
-    def _shed(self, ch: Any, method: Any, props: Any, body: bytes) -> None:
-        """Answer a command of a channel over its share with `busy` at once: nothing decided, nothing kept."""
-        self.shed += 1
-        ident = str(props.correlation_id or "unknown")[:80]
-        busy = errors.Busy("too many of your commands are waiting; retry after the ones already sent are answered")
-        self._reply(ch, props, Reply.failure(ident, busy, self.replica_id), body)
-        ch.basic_ack(method.delivery_tag)
+    def _file(self, ch: Any, arrived: list[tuple[Any, Any, bytes]], inbox: FairInbox[tuple[Any, Any, bytes]]) -> None:
+        """File what arrived by whose turn it waits for; what is over its sender's share is dropped unread."""
+        for item in arrived:
+            method, props, body = item
+            if not inbox.add(TICK if props.type == TICK else self._turn_of(body), item):
+                # Over its share: dropped at the cost of an ack. A client that keeps its commands in flight
+                # under its share never meets this; one that resends gets its answer later.
+                self.shed += 1
+                ch.basic_ack(method.delivery_tag)
+        arrived.clear()
+
+    def _turn_of(self, body: bytes) -> str:
+        """Whose turn a command waits for: the registered user (or the operator) it claims to come from.
+
+        Only claimed, and read without parsing the message, to keep the intake cheap under a flood (the
+        signature is checked when the command is decided): a stranger may spend the share of a user it
+        names, never anyone else's; commands naming nobody the ledger knows share one stranger's turn.
+        """
+        at = body.rfind(b'"sender":"')
+        if at < 0:
+            return _STRANGER
+        end = body.find(b'"', at + 10, at + 10 + 40)
+        sender = body[at + 10:end].decode("ascii", "replace") if end > 0 else ""
+        if not (sender == OPERATOR or sender in self.follower.state.users):
+            return _STRANGER
+        return f"user:{sender}"
 
     def _dead_letter(self, ch: Any, props: Any, body: bytes, reason: str) -> None:
         log.warning("dead-lettering a command: %s", reason)

@@ -28,7 +28,6 @@ from peer.serve import ProviderService
 from peer.transfer import AuthenticationFailed, DownloadResult, ManifestInvalid, TransferRefused, download
 from peer.transfer.tls import make_certificate
 from tests.conftest import Deployment
-from tests.support.attacker import ATTACKER_URL
 
 SEG = 64 * 1024
 _PLAIN_WORDS = ("Traceback", "Error(", "Expecting", "line 1 column", "char ", "json", "0x")
@@ -329,7 +328,7 @@ def test_a_forged_sale_answer_racing_the_real_one_cannot_serve_another_document(
     forgeries: list[str] = []
 
     def attacker() -> None:
-        conn = pika.BlockingConnection(pika.URLParameters(ATTACKER_URL))  # full broker rights
+        conn = pika.BlockingConnection(pika.URLParameters(shop.dep.admin_url))  # full broker rights
         ch = conn.channel()
         spy = ch.queue_declare("", exclusive=True).method.queue
         ch.queue_bind(spy, names.reads, routing_key="query")
