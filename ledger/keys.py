@@ -113,14 +113,7 @@ def load_system(home: Path | None = None) -> SystemKeys:
 
 
 def load_operator_key(home: Path | None = None) -> Ed25519PrivateKey:
-    path = system_dir(home) / "operator.key"
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), None)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"operator key missing or unreadable at {path}: run `acb init` ({exc})") from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"{path} is not an Ed25519 key")
-    return key
+    return _load_ed25519(system_dir(home) / "operator.key", hint="run `acb init`")
 
 
 # -- replica keys and the roster ------------------------------------------------------------------
@@ -231,11 +224,11 @@ def replica_identity(home: Path, replica_id: str, *, certify: bool = True) -> Ed
                       f"operator's machine and copy its key to {path} and the roster to {system_dir(home)}")
 
 
-def _load_ed25519(path: Path) -> Ed25519PrivateKey:
+def _load_ed25519(path: Path, *, hint: str = "") -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), None)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"key at {path} is unreadable: {exc}") from exc
+        raise ConfigError(f"key missing or unreadable at {path}{': ' + hint if hint else ''} ({exc})") from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigError(f"{path} is not an Ed25519 key")
     return key

@@ -15,6 +15,7 @@ import hashlib
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -429,13 +430,12 @@ class Deployment:
             self.replica.stop()
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """A ledger replica (SQLite store) in a vhost of this module's own, with ACB's broker roles."""
+@contextmanager
+def running_deployment(home: Path) -> Iterator[Deployment]:
+    """A ledger replica (SQLite store) in a vhost of its own with ACB's broker roles, its system keys in ``home``."""
     from ledger.keys import init_system
     from tests.support.broker_roles import role_vhost
 
-    home = tmp_path_factory.mktemp("acb-home")
     init_system(home)
     # Peers made by the tests trust this deployment's operator (broker.trust.Trust.from_env reads ACB_HOME).
     with role_vhost(prefix=unique_prefix()) as roles, pytest.MonkeyPatch.context() as mp:
@@ -446,3 +446,10 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             yield dep
         finally:
             dep.close()
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """A ledger replica of this module's own (see :func:`running_deployment`)."""
+    with running_deployment(tmp_path_factory.mktemp("acb-home")) as dep:
+        yield dep

@@ -32,12 +32,11 @@ from typing import Any
 
 import pika
 import pika.exceptions
-import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.codec import canonical
-from tests.conftest import Deployment, unique_prefix
+from tests.conftest import Deployment, running_deployment
 
 __all__ = [
     "Attacker", "Forger", "ReadRacer", "CommandRacer", "QueueThief", "Picture", "entry", "sign_entry", "forged_roster",
@@ -374,24 +373,10 @@ class QueueThief(_Racer):
 
 @contextmanager
 def fresh_deployment(tmp: Path) -> Iterator[Deployment]:
-    """A deployment of a test's own, made as tests/conftest.py's ``deployment`` fixture makes one.
-
-    For attacks that may halt or stop the replica (it would take the rest of the module with it).
-    """
-    from ledger.keys import init_system
-    from tests.support.broker_roles import role_vhost
-
-    home = tmp / "acb-home"
-    init_system(home)
-    # Peers made by the test trust this deployment's operator (broker.trust.Trust.from_env reads ACB_HOME).
-    with role_vhost(prefix=unique_prefix()) as roles, pytest.MonkeyPatch.context() as mp:
-        dep = Deployment(home, roles, f"sqlite:///{home / 'r1.db'}", None)
-        mp.setenv("ACB_HOME", str(home))
-        try:
-            dep.start()
-            yield dep
-        finally:
-            dep.close()
+    """A deployment of a test's own, for attacks that may halt or stop the replica (it would take the rest of the
+    module with it)."""
+    with running_deployment(tmp / "acb-home") as dep:
+        yield dep
 
 
 def wait_until(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.01) -> Any:
