@@ -6,8 +6,6 @@ Every subcommand prints for a person by default; read commands take
 from __future__ import annotations
 
 import argparse
-import getpass
-import json
 import logging
 import os
 import sys
@@ -19,85 +17,20 @@ from typing import Any
 from broker import commands as c
 from broker.client import BrokerClient
 from broker.errors import BrokerError, CommandRejected
-from broker.money import format_minor, parse_minor
+from broker.money import format_minor
+from peer.cli_support import CliError
+from peer.cli_support import amount as _amount
+from peer.cli_support import client_for as _client
+from peer.cli_support import out as _out
+from peer.cli_support import password as _password
+from peer.cli_support import reply_timeout as _reply_timeout
+from peer.cli_support import waiter as _waiter
 from peer.client import Client
 from peer.config import Settings
-from peer.errors import NotLoggedIn, PeerError
+from peer.errors import PeerError
 from peer.identity import Profile
 
 __all__ = ["main", "build_parser"]
-
-
-class CliError(Exception):
-    """A one-line error for the user."""
-
-
-def _out(args: argparse.Namespace, data: Any, text: Callable[[], None]) -> None:
-    if getattr(args, "json", False):
-        print(json.dumps(data, sort_keys=True))
-    else:
-        text()
-
-
-def _amount(text: str) -> int:
-    try:
-        return parse_minor(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def _password(prompt: str, *, confirm: bool = False) -> str:
-    env = os.environ.get("ACB_PASSWORD")
-    if env:
-        return env
-    if not sys.stdin.isatty():
-        line = sys.stdin.readline().rstrip("\n")
-        if line:
-            return line
-        raise CliError("no password: type it at the prompt, pipe it on stdin, or set ACB_PASSWORD")
-    pw = getpass.getpass(prompt)
-    if confirm and getpass.getpass("again: ") != pw:
-        raise CliError("the two passwords differ")
-    return pw
-
-
-def _waiter() -> Callable[[float], None]:
-    said = [0.0]
-
-    def on_wait(elapsed: float) -> None:
-        # A failover costs a short pause: say so (every few seconds) instead of failing.
-        if elapsed > 1.0 and elapsed - said[0] >= 5.0 or (said[0] == 0.0 and elapsed > 1.0):
-            print(f"  waiting for the ledger ({elapsed:.0f} s; a replica may be taking over)…", file=sys.stderr,
-                  flush=True)
-            said[0] = elapsed
-
-    return on_wait
-
-
-def _client(settings: Settings, *, login: str | None = None, need_login: bool = True) -> Client:
-    broker = BrokerClient(settings.broker_url, settings.names)
-    login = login or os.environ.get("ACB_USER") or Profile.current(settings.home)
-    identity = Profile(settings.home, login).session() if login else None
-    if need_login and identity is None:
-        raise NotLoggedIn("not logged in: run `acb register LOGIN` or `acb login LOGIN` first")
-    return Client(broker, settings.home, identity, on_wait=_waiter(), timeout=_reply_timeout())
-
-
-def _io_timeout() -> float:
-    """How long a download waits on a silent provider (``ACB_IO_TIMEOUT`` seconds, default 60)."""
-    try:
-        return float(os.environ.get("ACB_IO_TIMEOUT", "60"))
-    except ValueError as exc:
-        raise CliError("ACB_IO_TIMEOUT must be a number of seconds") from exc
-
-
-def _reply_timeout() -> float:
-    """How long a command waits for the ledger (``ACB_REPLY_TIMEOUT`` seconds, default 60)."""
-    try:
-        return float(os.environ.get("ACB_REPLY_TIMEOUT", "60"))
-    except ValueError as exc:
-        raise CliError("ACB_REPLY_TIMEOUT must be a number of seconds") from exc
-
 
 # -- user commands ---------------------------------------------------------------------------------
 

@@ -1,0 +1,90 @@
+"""What every `acb` subcommand module shares: one-line errors, amounts, passwords, the client, timeouts."""
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from broker.client import BrokerClient
+from broker.money import parse_minor
+from peer.client import Client
+from peer.config import Settings
+from peer.errors import NotLoggedIn
+from peer.identity import Profile
+
+__all__ = ["CliError", "out", "amount", "password", "waiter", "client_for", "io_timeout", "reply_timeout"]
+
+
+class CliError(Exception):
+    """A one-line error for the user."""
+
+
+def out(args: argparse.Namespace, data: Any, text: Callable[[], None]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, sort_keys=True))
+    else:
+        text()
+
+
+def amount(text: str) -> int:
+    try:
+        return parse_minor(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def password(prompt: str, *, confirm: bool = False) -> str:
+    env = os.environ.get("ACB_PASSWORD")
+    if env:
+        return env
+    if not sys.stdin.isatty():
+        line = sys.stdin.readline().rstrip("\n")
+        if line:
+            return line
+        raise CliError("no password: type it at the prompt, pipe it on stdin, or set ACB_PASSWORD")
+    pw = getpass.getpass(prompt)
+    if confirm and getpass.getpass("again: ") != pw:
+        raise CliError("the two passwords differ")
+    return pw
+
+
+def waiter() -> Callable[[float], None]:
+    said = [0.0]
+
+    def on_wait(elapsed: float) -> None:
+        # A failover costs a short pause: say so (every few seconds) instead of failing.
+        if elapsed > 1.0 and elapsed - said[0] >= 5.0 or (said[0] == 0.0 and elapsed > 1.0):
+            print(f"  waiting for the ledger ({elapsed:.0f} s; a replica may be taking over)…", file=sys.stderr,
+                  flush=True)
+            said[0] = elapsed
+
+    return on_wait
+
+
+def client_for(settings: Settings, *, login: str | None = None, need_login: bool = True) -> Client:
+    broker = BrokerClient(settings.broker_url, settings.names)
+    login = login or os.environ.get("ACB_USER") or Profile.current(settings.home)
+    identity = Profile(settings.home, login).session() if login else None
+    if need_login and identity is None:
+        raise NotLoggedIn("not logged in: run `acb register LOGIN` or `acb login LOGIN` first")
+    return Client(broker, settings.home, identity, on_wait=waiter(), timeout=reply_timeout())
+
+
+def io_timeout() -> float:
+    """How long a download waits on a silent provider (``ACB_IO_TIMEOUT`` seconds, default 60)."""
+    try:
+        return float(os.environ.get("ACB_IO_TIMEOUT", "60"))
+    except ValueError as exc:
+        raise CliError("ACB_IO_TIMEOUT must be a number of seconds") from exc
+
+
+def reply_timeout() -> float:
+    """How long a command waits for the ledger (``ACB_REPLY_TIMEOUT`` seconds, default 60)."""
+    try:
+        return float(os.environ.get("ACB_REPLY_TIMEOUT", "60"))
+    except ValueError as exc:
+        raise CliError("ACB_REPLY_TIMEOUT must be a number of seconds") from exc
