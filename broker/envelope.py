@@ -25,6 +25,7 @@ from broker import errors
 from broker.codec import b64d, b64e, canonical, loads_object
 from broker.commands import COMMAND_ADAPTER, Command
 from broker.queries import QUERY_ADAPTER, Query
+from broker.trust import tagged
 
 __all__ = ["Envelope", "seal", "open_envelope", "verify", "new_id", "now_ms"]
 
@@ -85,7 +86,7 @@ def seal(
         "payload": payload.model_dump(mode="json"),
         "min_seq": min_seq,
     }
-    signature = key.sign(canonical(body)) if key is not None else None
+    signature = key.sign(tagged("envelope", canonical(body))) if key is not None else None
     return Envelope(
         id=ident, sender=sender, issued_at=at, kind=kind,
         payload=payload, min_seq=min_seq, body=body, signature=signature,  # type: ignore[arg-type]
@@ -157,6 +158,7 @@ def verify(envelope: Envelope, public_key: bytes) -> None:
     if envelope.signature is None:
         raise errors.BadSignature(f"{envelope.payload.type} from {envelope.sender} is not signed")
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(envelope.signature, canonical(envelope.body))
+        Ed25519PublicKey.from_public_bytes(public_key).verify(envelope.signature,
+                                                              tagged("envelope", canonical(envelope.body)))
     except (InvalidSignature, ValueError) as exc:
         raise errors.BadSignature(f"signature of {envelope.sender} does not verify") from exc

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict
 
 from broker import errors
 from broker.codec import canonical, loads_object
+from broker.trust import tagged
 
 __all__ = ["Reply", "parse_reply"]
 
@@ -37,7 +38,7 @@ class Reply(BaseModel):
         return canonical(self.model_dump(mode="json"))
 
     def signing_bytes(self) -> bytes:
-        return canonical(self.model_dump(mode="json", exclude={"signature"}))
+        return tagged("reply", canonical(self.model_dump(mode="json", exclude={"signature"})))
 
     def signed_by(self, key: Ed25519PrivateKey, signer: str, request: str) -> Reply:
         """This reply bound to ``request`` (a digest) and signed by replica ``signer``."""

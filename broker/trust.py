@@ -27,7 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from broker import errors
 from broker.codec import canonical
 
-__all__ = ["Roster", "Trust", "sign_roster", "signed", "check_signed", "raw_public", "digest", "OPERATOR_KEY_ENV"]
+__all__ = ["Roster", "Trust", "sign_roster", "signed", "check_signed", "raw_public", "digest", "tagged",
+           "OPERATOR_KEY_ENV"]
 
 OPERATOR_KEY_ENV = "ACB_OPERATOR_KEY"
 _MAX_REPLICAS = 64
@@ -36,6 +37,12 @@ _MAX_REPLICAS = 64
 def raw_public(key: Ed25519PrivateKey) -> bytes:
     """The raw 32 bytes of a private key's public half."""
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def tagged(purpose: str, data: bytes) -> bytes:
+    """The bytes a signature is made over: ``data`` behind a tag naming what it is, so a signature made for one
+    purpose (an answer, a log entry, a login) can never be passed off as one for another."""
+    return b"acb/" + purpose.encode("ascii") + b"/1\n" + data
 
 
 def digest(data: bytes) -> str:
@@ -63,7 +70,7 @@ class Roster(BaseModel):
     signature: str = ""
 
     def body(self) -> bytes:
-        return canonical(self.model_dump(mode="json", exclude={"signature"}))
+        return tagged("roster", canonical(self.model_dump(mode="json", exclude={"signature"})))
 
     def verify(self, operator_key: bytes) -> None:
         """Raise BadSignature unless the operator signed exactly this roster."""
@@ -104,15 +111,15 @@ def sign_roster(operator: Ed25519PrivateKey, serial: int, replicas: dict[str, st
     return unsigned.model_copy(update={"signature": operator.sign(unsigned.body()).hex()})
 
 
-def signed(key: Ed25519PrivateKey, signer: str, body: dict[str, Any]) -> dict[str, Any]:
-    """``body`` with ``signer`` and a ``signature`` over the canonical encoding of everything else."""
+def signed(key: Ed25519PrivateKey, signer: str, body: dict[str, Any], purpose: str) -> dict[str, Any]:
+    """``body`` with ``signer`` and a ``signature`` over the canonical encoding of everything else, for ``purpose``."""
     out = {**body, "signer": signer}
     out.pop("signature", None)
-    out["signature"] = key.sign(canonical(out)).hex()
+    out["signature"] = key.sign(tagged(purpose, canonical(out))).hex()
     return out
 
 
-def check_signed(trust: Trust, data: Any) -> str:
+def check_signed(trust: Trust, data: Any, purpose: str) -> str:
     """The signer of a dict made by :func:`signed` when its signature verifies against a certified key.
 
     Raises BadSignature otherwise (unsigned, unknown or removed signer, wrong signature).
@@ -124,7 +131,7 @@ def check_signed(trust: Trust, data: Any) -> str:
     if key is None:
         raise errors.BadSignature(f"signer {str(signer)[:40]!r} is not a certified replica")
     body = {k: v for k, v in data.items() if k != "signature"}
-    if not _verify(key, data.get("signature"), canonical(body)):
+    if not _verify(key, data.get("signature"), tagged(purpose, canonical(body))):
         raise errors.BadSignature(f"signature of {signer} does not verify")
     return str(signer)
 

@@ -23,7 +23,7 @@ def verified_status(trust: Trust, body: bytes) -> dict[str, Any] | None:
     """A status message when a certified replica signed it about itself; None for anything else."""
     try:
         status = json.loads(body)
-        signer = check_signed(trust, status)
+        signer = check_signed(trust, status, "status")
     except (ValueError, RecursionError, BrokerError):
         return None
     if not isinstance(status, dict) or status.get("replica") != signer or not isinstance(status.get("seq"), int):

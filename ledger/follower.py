@@ -152,7 +152,7 @@ class Follower:
             if not isinstance(record, dict):
                 raise ValueError("not an object")
             head = record.get("head")
-            check_signed(self.trust, head)
+            check_signed(self.trust, head, "snapshot")
             if not (isinstance(head, dict) and isinstance(record.get("state"), dict)
                     and head.get("state_hash") == hashlib.sha256(canonical(record["state"])).hexdigest()):
                 raise ValueError("its state is not the one signed")
@@ -310,7 +310,7 @@ class Follower:
                 conn = connect(self.url, heartbeat=5, name=f"acb-snapshot-{self.replica_id}")
                 try:
                     head = signed(self.key, self.replica_id,
-                                  {"seq": state.seq, "state_hash": digest, "stream_offset": offset})
+                                  {"seq": state.seq, "state_hash": digest, "stream_offset": offset}, "snapshot")
                     record = {"head": head, "state": picture}
                     conn.channel().basic_publish("", self.names.snapshots, zlib.compress(canonical(record), 3),
                                                  pika.BasicProperties(delivery_mode=2))

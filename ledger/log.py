@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from broker import errors
 from broker.codec import canonical
-from broker.trust import Roster
+from broker.trust import Roster, tagged
 from ledger.authority import entry_problem
 from ledger.chain import chain_hash
 from ledger.events import EpochStarted, parse_event
@@ -54,7 +54,7 @@ class LogEntry(BaseModel):
     signature: str = ""  # the writer's certified key over everything above (see signing_bytes)
 
     def signing_bytes(self) -> bytes:
-        return canonical(self.model_dump(mode="json", exclude={"signature"}))
+        return tagged("log-entry", canonical(self.model_dump(mode="json", exclude={"signature"})))
 
     def signed_by(self, key: Ed25519PrivateKey) -> LogEntry:
         return self.model_copy(update={"signature": key.sign(self.signing_bytes()).hex()})

@@ -28,7 +28,7 @@ from broker.client import connect
 from broker.envelope import Envelope, open_envelope, verify
 from broker.replies import Reply
 from broker.topology import BACKUP_PRIORITY, PRIMARY_PRIORITY, Names, declare
-from broker.trust import Trust, digest
+from broker.trust import Trust, digest, tagged
 from catalog import Catalog
 from ledger.connected import keep_connected
 from ledger.follower import Follower
@@ -161,7 +161,7 @@ def _login(state: State, query: q.Login, keys: SystemKeys, now_ms: int) -> dict[
         raise errors.UnknownUser(f"no user {query.login!r}")
     try:
         text, mac = query.challenge.rsplit(".", 1)
-        login, issued, _nonce = text.split(".")
+        login, issued, _nonce = text.rsplit(".", 2)
         issued_ms = int(issued)
     except ValueError as exc:
         raise errors.BadChallenge("challenge is not one the ledger issued") from exc
@@ -174,7 +174,7 @@ def _login(state: State, query: q.Login, keys: SystemKeys, now_ms: int) -> dict[
 
     try:
         Ed25519PublicKey.from_public_bytes(bytes.fromhex(user.sign_key)).verify(
-            bytes.fromhex(query.signature), query.challenge.encode())
+            bytes.fromhex(query.signature), tagged("login", query.challenge.encode()))
     except (InvalidSignature, ValueError) as exc:
         raise errors.BadChallenge("challenge signature does not verify with the registered key") from exc
     return {"login": user.login, "available": state.balance(user.login), "held": state.holds(user.login)}

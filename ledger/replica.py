@@ -187,7 +187,7 @@ class Replica:
                         rate = (status["commands_handled"] - handled) / max(now - then, 1e-3)
                         status["commands_per_s"] = round(rate, 1)
                         last_counts = (status["commands_handled"], now)
-                        body = canonical(signed(self.key, self.config.replica_id, status))
+                        body = canonical(signed(self.key, self.config.replica_id, status, "status"))
                         ch.basic_publish(self.config.names.status, "", body)
                         last_status = now
                     conn.process_data_events(time_limit=self.config.tick_interval)

@@ -35,12 +35,14 @@ from broker.envelope import seal
 from broker.money import format_minor, interval_prices, parse_minor
 from broker.replies import Reply
 from broker.sealing import SealError, open_sealed, release_info
+from broker.trust import tagged
 from peer.errors import NotLoggedIn, PeerError, VerificationFailed
 from peer.identity import Identity, Profile, create_identity, needs_rewrap, open_keystore, seal_keystore
 
 __all__ = ["Client", "BuyResult", "Offer"]
 
 log = logging.getLogger(__name__)
+_CHALLENGE = re.compile(r"[a-z][a-z0-9_.-]{1,31}\.[0-9]{1,16}\.[0-9a-f]{32}\.[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
@@ -179,8 +181,12 @@ class Client:
         identity = open_keystore(keystore, password)
         if identity.login != login:
             raise PeerError(f"the keystore for {login} holds the keys of {identity.login}")
-        signature = identity.sign_key.sign(challenge["challenge"].encode()).hex()
-        result = self.ask(q.Login(login=login, challenge=challenge["challenge"], signature=signature), signed=False)
+        text = challenge["challenge"]
+        if not isinstance(text, str) or not _CHALLENGE.fullmatch(text) or not text.startswith(f"{login}."):
+            # Whatever the ledger asks to be signed must be a login challenge and nothing else.
+            raise PeerError("the ledger's login challenge is not one; not signing it")
+        signature = identity.sign_key.sign(tagged("login", text.encode())).hex()
+        result = self.ask(q.Login(login=login, challenge=text, signature=signature), signed=False)
         self.identity = identity
         if needs_rewrap(keystore):
             keystore = self._rewrap(identity, password, keystore)

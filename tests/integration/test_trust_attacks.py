@@ -390,10 +390,10 @@ def test_a_joining_replica_rejects_a_forged_snapshot(world: World, tmp_path: Pat
     a.publish_snapshot({**head, "state": forged})  # unsigned, as snapshots were before they were signed
     a.publish_snapshot({"head": head, "state": forged})  # the signed shape, without a signature
     # In the primary's name, with the attacker's key; and with a roster of the attacker's certifying that key.
-    a.publish_snapshot({"head": signed_dict(a.key, st.primary, head), "state": forged})
+    a.publish_snapshot({"head": signed_dict(a.key, st.primary, head, "snapshot"), "state": forged})
     rostered = {**forged, "roster": forged_roster(a.key, {st.primary: a.public_hex})}
     head = {**head, "state_hash": state_hash(state_from_dict(rostered))}
-    a.publish_snapshot({"head": signed_dict(a.key, st.primary, head), "state": rostered})
+    a.publish_snapshot({"head": signed_dict(a.key, st.primary, head, "snapshot"), "state": rostered})
     joiner = _joining_follower(w.dep, f"sqlite:///{tmp_path / 'r2.db'}")
     stop = threading.Event()
     runner = threading.Thread(target=joiner.run, args=(stop,), daemon=True)
@@ -533,7 +533,7 @@ def test_fake_status_messages_are_not_shown(world: World) -> None:
         {**base, "replica": "r9", "role": "primary"},  # a replica that does not exist
         {**base, "replica": "r1", "role": "halted", "halted": "forged"},  # the real one, shown as halted
     ]
-    fakes += [signed_dict(w.attacker.key, str(f["replica"]), f) for f in fakes]
+    fakes += [signed_dict(w.attacker.key, str(f["replica"]), f, "status") for f in fakes]
     stop = threading.Event()
 
     def spam() -> None:

@@ -53,12 +53,11 @@ def raw_public_hex(key: Ed25519PrivateKey) -> str:
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
 
 
-def signed_dict(key: Ed25519PrivateKey, signer: str, body: dict[str, Any]) -> dict[str, Any]:
-    """``body`` with ``signer`` and a hex signature over the canonical JSON of the rest, as replicas sign."""
-    out = {k: v for k, v in body.items() if k != "signature"}
-    out["signer"] = signer
-    out["signature"] = key.sign(canonical(out)).hex()
-    return out
+def signed_dict(key: Ed25519PrivateKey, signer: str, body: dict[str, Any], purpose: str) -> dict[str, Any]:
+    """``body`` signed by ``key`` in ``signer``'s name for ``purpose`` exactly as replicas sign (broker.trust.signed)."""
+    from broker.trust import signed
+
+    return signed(key, signer, body, purpose)
 
 
 # -- forging log entries ---------------------------------------------------------------------------
@@ -99,7 +98,7 @@ def sign_entry(fields: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]
 def forged_roster(key: Ed25519PrivateKey, replicas: dict[str, str], serial: int = 10**6) -> dict[str, Any]:
     """A roster that certifies ``replicas``, signed by ``key`` (which is not the operator's)."""
     body = {"serial": serial, "replicas": dict(sorted(replicas.items())), "issued_at": int(time.time() * 1000)}
-    return {**body, "signature": key.sign(canonical(body)).hex()}
+    return {**body, "signature": key.sign(b"acb/roster/1\n" + canonical(body)).hex()}
 
 
 class Forger:
@@ -135,8 +134,10 @@ def forged_reply(request: bytes, correlation_id: str, result: dict[str, Any], *,
     body: dict[str, Any] = {"type": "reply", "schema_version": 1, "id": correlation_id, "ok": True, "seq": seq,
                             "result": result, "error": None, "served_by": signer}
     if key is not None:
-        body["request"] = hashlib.sha256(request).hexdigest()
-        body = signed_dict(key, signer, body)
+        from broker.replies import Reply
+
+        reply = Reply.model_validate({k: v for k, v in body.items() if k != "served_by"} | {"served_by": signer})
+        return reply.signed_by(key, signer, hashlib.sha256(request).hexdigest()).to_bytes()
     return canonical(body)
 
 
