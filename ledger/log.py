@@ -17,6 +17,7 @@ verdict on each entry:
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +34,8 @@ from ledger.events import EpochStarted, parse_event
 from ledger.model import Record, State, apply
 from ledger.store import Row
 
-__all__ = ["LogEntry", "LogBatch", "Outcome", "fold_entry", "replay_row", "signature_problem", "ACCEPTED", "IGNORED",
-           "HALT"]
+__all__ = ["LogEntry", "LogBatch", "Outcome", "fold_entry", "replay_row", "signature_problem", "command_digest",
+           "ACCEPTED", "IGNORED", "HALT"]
 
 ACCEPTED, IGNORED, HALT = "accepted", "ignored", "halt"
 
@@ -166,7 +167,8 @@ def fold_entry(state: State, entry: LogEntry, operator_key: bytes) -> tuple[Outc
         signed = entry.model_dump(mode="json") if last else None
         rows.append(Row(seq, entry.epoch, entry.at_ms, command_id, event.type, event.schema_version, payload,
                         reply, state.head_hash, digest, signed))
-        state = apply(state, Record(seq, entry.epoch, entry.at_ms, event, digest, command_id, reply))
+        state = apply(state, Record(seq, entry.epoch, entry.at_ms, event, digest, command_id, reply,
+                                    command_digest(entry.command)))
     return Outcome(ACCEPTED, first_seq=first_seq, last_seq=state.seq), state, rows
 
 
@@ -183,4 +185,13 @@ def replay_row(state: State, row: Row) -> State:
     if digest != row.hash:
         raise ChainBroken(f"event {row.seq} was altered: its hash does not match its content")
     event = parse_event(row.payload)
-    return apply(state, Record(row.seq, row.epoch, row.at_ms, event, row.hash, row.command_id, row.reply))
+    command = row.entry.get("command") if row.entry is not None else None
+    return apply(state, Record(row.seq, row.epoch, row.at_ms, event, row.hash, row.command_id, row.reply,
+                               command_digest(command)))
+
+
+def command_digest(command: Any) -> str | None:
+    """SHA-256 of a signed command's body (what its signature covers), or None without one."""
+    if not isinstance(command, dict) or not isinstance(command.get("body"), dict):
+        return None
+    return hashlib.sha256(canonical(command["body"])).hexdigest()

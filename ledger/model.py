@@ -115,6 +115,7 @@ class Record:
     hash: str
     command_id: str | None = None
     reply: dict[str, Any] | None = None  # set on the last event of a command's entry
+    command_digest: str | None = None  # SHA-256 of the signed command's body: whose command the id belongs to
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,10 @@ def apply(state: State, record: Record) -> State:
     new = _mutate(record.event, state, record)
     changes: dict[str, Any] = {"seq": record.seq, "head_hash": record.hash}
     if record.command_id is not None and record.reply is not None:
-        changes["commands"] = new.commands.set(record.command_id, {"seq": record.seq, "result": record.reply})
+        done: dict[str, Any] = {"seq": record.seq, "result": record.reply}
+        if record.command_digest is not None:
+            done["digest"] = record.command_digest
+        changes["commands"] = new.commands.set(record.command_id, done)
     return dataclasses.replace(new, **changes)
 
 

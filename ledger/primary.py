@@ -39,7 +39,7 @@ from ledger.events import EpochStarted
 from ledger.fairness import FairInbox
 from ledger.follower import Follower
 from ledger.handlers import Context, authenticate, decide, expire_holds
-from ledger.log import ACCEPTED, LogBatch, LogEntry, fold_entry
+from ledger.log import ACCEPTED, LogBatch, LogEntry, command_digest, fold_entry
 from ledger.model import State
 
 __all__ = ["CommandProcessor", "TICK", "log_messages", "LOG_MESSAGE_MAX"]
@@ -97,7 +97,7 @@ class CommandProcessor:
         self.commands_handled = 0
         self.shed = 0  # commands dropped unread because their sender was over its share
         self.on_role_change: Callable[[bool], None] | None = None
-        self._rejected: OrderedDict[str, Reply] = OrderedDict()
+        self._rejected: OrderedDict[tuple[str, str | None], Reply] = OrderedDict()  # (id, command digest) -> refusal
         self._conn: Any = None
 
     @property
@@ -291,10 +291,16 @@ class CommandProcessor:
             return Reply.failure(ident, errors.Malformed(f"message does not parse: {type(exc).__name__}"), me), \
                 None, tentative
         done = tentative.commands.get(env.id)
+        mine = command_digest(env.wire())
         if done is not None:
+            if done.get("digest", mine) != mine:
+                # Another command took this id first: its answer is not this one's to have.
+                return Reply.failure(env.id, errors.IdInUse(f"command id {env.id} was used by another command; "
+                                                            "send it again under a new id"), me), None, tentative
             return Reply(id=env.id, ok=True, seq=done["seq"], result=done["result"], served_by=me), None, tentative
-        if env.id in self._rejected:
-            return self._rejected[env.id], None, tentative
+        remembered = self._rejected.get((env.id, mine))
+        if remembered is not None:
+            return remembered, None, tentative
         try:
             decision = decide(tentative, env, ctx, authenticated=True)
         except errors.CommandRejected as exc:
@@ -320,7 +326,7 @@ class CommandProcessor:
         return result[1]
 
     def _remember(self, env: Envelope, reply: Reply) -> None:
-        self._rejected[env.id] = reply
+        self._rejected[(env.id, command_digest(env.wire()))] = reply
         while len(self._rejected) > _REJECTED_MEMORY:
             self._rejected.popitem(last=False)
 
