@@ -8,7 +8,7 @@ import pytest
 from broker import commands as c
 from ledger import events as ev
 from ledger.errors import ChainBroken
-from ledger.log import ACCEPTED, HALT, IGNORED, replay_row
+from ledger.log import ACCEPTED, HALT, IGNORED, command_digest, replay_row
 from ledger.model import GENESIS_HASH, State, state_hash
 from tests.conftest import Book
 
@@ -102,7 +102,8 @@ def test_a_command_id_is_applied_once(funded: Book) -> None:
 def test_the_first_answer_of_a_command_is_kept(funded: Book) -> None:
     env = funded.envelope(c.Deposit(account="bob", amount=50), c.OPERATOR)
     decision = funded.submit_envelope(env)
-    assert funded.state.commands[env.id] == {"seq": funded.state.seq, "result": decision.result}
+    assert funded.state.commands[env.id] == {"seq": funded.state.seq, "result": decision.result,
+                                             "digest": command_digest(env.wire())}
 
 
 def test_a_command_never_causes_more_than_its_one_event(funded: Book) -> None:
