@@ -30,14 +30,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from broker import commands as c
-from broker import errors
+from broker import content, errors
 from broker.codec import canonical
 from broker.envelope import Envelope, open_envelope, verify
+from broker.money import fee, interval_prices
 from ledger import events as ev
 from ledger.model import OPEN, State
 
-__all__ = ["entry_problem", "command_of", "signer_key"]
+__all__ = ["entry_problem", "command_of", "signer_key", "MAX_HOLD_MS"]
+
+MAX_HOLD_MS = 24 * 3600 * 1000  # no deadline the ledger sets is further than this from the entry's time
 
 
 def command_of(wire: Any) -> Envelope:
@@ -66,8 +71,12 @@ def signer_key(state: State, env: Envelope, operator_key: bytes) -> bytes:
 
 
 def entry_problem(state: State, command_id: str | None, command: Any, at_ms: int, events: list[Any],
-                  operator_key: bytes) -> str | None:
-    """Why these events may not follow from this command in this state (None: they may)."""
+                  operator_key: bytes, ledger_key: X25519PrivateKey | None = None) -> str | None:
+    """Why these events may not follow from this command in this state (None: they may).
+
+    With ``ledger_key`` (every replica holds it; an outside auditor does not) a dispute's verdict is judged
+    again from its evidence, so not even a certified primary can declare a provider a cheat.
+    """
     if command_id is None:
         if command is not None:
             return "the entry carries a command but no command id"
@@ -83,7 +92,23 @@ def entry_problem(state: State, command_id: str | None, command: Any, at_ms: int
         return f"command {command_id}: {exc}"
     if len(events) != 1:
         return f"command {command_id} caused {len(events)} events; every command causes one"
-    return _matches(state, env, events[0])
+    problem = _matches(state, env, events[0], at_ms)
+    if problem is None and ledger_key is not None and isinstance(events[0], ev.DisputeResolved):
+        problem = _rejudge(state, env, events[0], at_ms, operator_key, ledger_key)
+    return problem
+
+
+def _rejudge(state: State, env: Envelope, event: ev.DisputeResolved, at_ms: int, operator_key: bytes,
+             ledger_key: X25519PrivateKey) -> str | None:
+    from ledger.handlers import Context, decide
+
+    try:
+        verdict = decide(state, env, Context(operator_key, ledger_key, at_ms), authenticated=True).events[0]
+    except errors.CommandRejected as exc:
+        return f"dispute of {event.sale_id} should have been refused: {exc}"
+    if verdict != event:
+        return f"dispute of {event.sale_id} judged otherwise from its evidence"
+    return None
 
 
 def _own_events_problem(state: State, at_ms: int, events: list[Any]) -> str | None:
@@ -100,12 +125,12 @@ def _own_events_problem(state: State, at_ms: int, events: list[Any]) -> str | No
     return None
 
 
-def _matches(state: State, env: Envelope, event: Any) -> str | None:
+def _matches(state: State, env: Envelope, event: Any, at_ms: int) -> str | None:
     cmd, sender = env.payload, env.sender
     want = _EXPECT.get(type(cmd))
     if want is None or not isinstance(event, want[0]):
         return f"{cmd.type} by {sender} cannot cause {event.type}"
-    return want[1](state, sender, cmd, event)
+    return want[1](state, sender, cmd, event, at_ms)
 
 
 def _same(pairs: list[tuple[str, Any, Any]]) -> str | None:
@@ -119,7 +144,7 @@ def _by(who: str | None, sender: str, what: str) -> str | None:
     return None if who == sender else f"{sender} may not {what}"
 
 
-def _register(state: State, sender: str, cmd: c.RegisterUser, e: ev.UserRegistered) -> str | None:
+def _register(state: State, sender: str, cmd: c.RegisterUser, e: ev.UserRegistered, at_ms: int) -> str | None:
     if cmd.login in state.users:
         return f"{cmd.login} is registered already: nobody may take over an account"
     return _same([("login", e.login, cmd.login), ("sign_key", e.sign_key, cmd.sign_key),
@@ -131,21 +156,29 @@ def _operator_only(sender: str) -> str | None:
     return None if sender == c.OPERATOR else "only the operator may do this"
 
 
-def _deposit(state: State, sender: str, cmd: c.Deposit, e: ev.Deposited) -> str | None:
+def _deposit(state: State, sender: str, cmd: c.Deposit, e: ev.Deposited, at_ms: int) -> str | None:
+    if cmd.amount <= 0 or cmd.account not in state.users:
+        return f"a deposit of {cmd.amount} to {cmd.account} is not one the ledger makes"
     return _operator_only(sender) or _same([("account", e.account, cmd.account), ("amount", e.amount, cmd.amount)])
 
 
-def _fee(state: State, sender: str, cmd: c.SetFee, e: ev.FeeSet) -> str | None:
+def _fee(state: State, sender: str, cmd: c.SetFee, e: ev.FeeSet, at_ms: int) -> str | None:
     return _operator_only(sender) or _same([("bps", e.bps, cmd.bps)])
 
 
-def _roster(state: State, sender: str, cmd: c.SetRoster, e: ev.RosterChanged) -> str | None:
+def _roster(state: State, sender: str, cmd: c.SetRoster, e: ev.RosterChanged, at_ms: int) -> str | None:
     return _operator_only(sender) or _same([("roster", e.roster, cmd.roster)])
 
 
-def _publish(state: State, sender: str, cmd: c.PublishDocument, e: ev.DocumentPublished) -> str | None:
-    return _same([("provider", e.provider, sender), ("doc_id", e.doc_id, cmd.doc_id), ("price", e.price, cmd.price),
-                  ("merkle_root", e.merkle_root, cmd.merkle_root)])
+def _publish(state: State, sender: str, cmd: c.PublishDocument, e: ev.DocumentPublished, at_ms: int) -> str | None:
+    signed_for = cmd.model_dump(exclude={"type", "schema_version"})
+    written = e.model_dump(exclude={"type", "schema_version", "provider"})
+    if e.provider != sender or written != signed_for:
+        return "the published document is not the one the provider signed for"
+    existing = state.documents.get(cmd.doc_id)
+    if existing is not None and existing.provider != sender:
+        return f"document {cmd.doc_id} belongs to {existing.provider}"
+    return None
 
 
 def _doc_owner(state: State, doc_id: str) -> str | None:
@@ -153,18 +186,29 @@ def _doc_owner(state: State, doc_id: str) -> str | None:
     return doc.provider if doc is not None else None
 
 
-def _unpublish(state: State, sender: str, cmd: c.Unpublish, e: ev.DocumentUnpublished) -> str | None:
+def _unpublish(state: State, sender: str, cmd: c.Unpublish, e: ev.DocumentUnpublished, at_ms: int) -> str | None:
     return _by(_doc_owner(state, cmd.doc_id), sender, "unpublish it") or _same([("doc_id", e.doc_id, cmd.doc_id)])
 
 
-def _price(state: State, sender: str, cmd: c.ChangePrice, e: ev.PriceChanged) -> str | None:
+def _price(state: State, sender: str, cmd: c.ChangePrice, e: ev.PriceChanged, at_ms: int) -> str | None:
+    if cmd.price <= 0:
+        return f"a price of {cmd.price} is not one the ledger sets"
     return _by(_doc_owner(state, cmd.doc_id), sender, "price it") or _same(
         [("doc_id", e.doc_id, cmd.doc_id), ("price", e.price, cmd.price)])
 
 
-def _open(state: State, sender: str, cmd: c.OpenSale, e: ev.SaleOpened) -> str | None:
+def _open(state: State, sender: str, cmd: c.OpenSale, e: ev.SaleOpened, at_ms: int) -> str | None:
+    doc = state.documents.get(cmd.doc_id)
+    if doc is None or not doc.published or cmd.sale_id in state.sales:
+        return f"sale {cmd.sale_id} of {cmd.doc_id} cannot be opened"
+    n = content.interval_count(content.segment_count_for(doc.size, doc.segment_size), doc.interval_segments)
+    if not at_ms < e.deadline_ms <= at_ms + MAX_HOLD_MS:
+        return f"sale {cmd.sale_id} holds the price until {e.deadline_ms}, not a deadline the ledger sets"
     return _same([("consumer", e.consumer, sender), ("sale_id", e.sale_id, cmd.sale_id),
-                  ("doc_id", e.doc_id, cmd.doc_id), ("price", e.price, cmd.price)])
+                  ("doc_id", e.doc_id, cmd.doc_id), ("price", e.price, cmd.price), ("price", e.price, doc.price),
+                  ("provider", e.provider, doc.provider), ("fee", e.fee, fee(doc.price, state.fee_bps)),
+                  ("fee_bps", e.fee_bps, state.fee_bps), ("intervals", e.intervals, n),
+                  ("interval_segments", e.interval_segments, doc.interval_segments if n > 1 else 0)])
 
 
 def _sale_party(state: State, sale_id: str, role: str) -> str | None:
@@ -172,36 +216,69 @@ def _sale_party(state: State, sale_id: str, role: str) -> str | None:
     return getattr(sale, role) if sale is not None else None
 
 
-def _escrow(state: State, sender: str, cmd: c.EscrowKey, e: ev.KeyEscrowed) -> str | None:
-    return _by(_sale_party(state, cmd.sale_id, "provider"), sender, "escrow this sale's key") or _same(
-        [("sale_id", e.sale_id, cmd.sale_id), ("key_commitment", e.key_commitment, cmd.key_commitment),
-         ("document", cmd.doc_id, _sale_party(state, cmd.sale_id, "doc_id"))])
-
-
-def _settle(state: State, sender: str, cmd: c.SettleSale, e: ev.SaleSettled) -> str | None:
-    return _by(_sale_party(state, cmd.sale_id, "consumer"), sender, "settle this sale") or _same(
-        [("sale_id", e.sale_id, cmd.sale_id)])
-
-
-def _settle_interval(state: State, sender: str, cmd: c.SettleInterval, e: ev.IntervalSettled) -> str | None:
-    return _by(_sale_party(state, cmd.sale_id, "consumer"), sender, "settle this sale") or _same(
-        [("sale_id", e.sale_id, cmd.sale_id), ("interval", e.interval, cmd.interval)])
-
-
-def _void(state: State, sender: str, cmd: c.VoidSale, e: ev.SaleVoided) -> str | None:
+def _escrow(state: State, sender: str, cmd: c.EscrowKey, e: ev.KeyEscrowed, at_ms: int) -> str | None:
     sale = state.sales.get(cmd.sale_id)
+    if sale is None or sale.status != OPEN or sale.key_commitment is not None:
+        return f"sale {cmd.sale_id} takes no key now"
+    return _by(sale.provider, sender, "escrow this sale's key") or _same(
+        [("sale_id", e.sale_id, cmd.sale_id), ("key_commitment", e.key_commitment, cmd.key_commitment),
+         ("sealed_key", e.sealed_key, cmd.sealed_key), ("document", cmd.doc_id, sale.doc_id)])
+
+
+def _settle(state: State, sender: str, cmd: c.SettleSale, e: ev.SaleSettled, at_ms: int) -> str | None:
+    sale = state.sales.get(cmd.sale_id)
+    if sale is None or sale.status != OPEN or sale.key_commitment is None or not e.consumer_sealed_key:
+        return f"sale {cmd.sale_id} cannot be settled now"
+    price, sale_fee = sale.price - sale.paid, sale.fee - sale.fee_paid
+    return _by(sale.consumer, sender, "settle this sale") or _same(
+        [("sale_id", e.sale_id, cmd.sale_id), ("price", e.price, price), ("fee", e.fee, sale_fee),
+         ("provider_amount", e.provider_amount, price - sale_fee)])
+
+
+def _settle_interval(state: State, sender: str, cmd: c.SettleInterval, e: ev.IntervalSettled,
+                     at_ms: int) -> str | None:
+    sale = state.sales.get(cmd.sale_id)
+    if (sale is None or sale.status != OPEN or sale.key_commitment is None or sale.intervals < 2
+            or cmd.interval != sale.settled_intervals or not e.consumer_sealed_key):
+        return f"interval {cmd.interval} of sale {cmd.sale_id} cannot be settled now"
+    price = interval_prices(sale.price, sale.intervals)[cmd.interval]
+    last = cmd.interval == sale.intervals - 1
+    sale_fee = (sale.fee if last else fee(sale.paid + price, sale.fee_bps)) - sale.fee_paid
+    if not at_ms < e.deadline_ms <= at_ms + MAX_HOLD_MS:
+        return f"interval {cmd.interval} of sale {cmd.sale_id} moves the deadline to one the ledger does not set"
+    return _by(sale.consumer, sender, "settle this sale") or _same(
+        [("sale_id", e.sale_id, cmd.sale_id), ("interval", e.interval, cmd.interval), ("price", e.price, price),
+         ("fee", e.fee, sale_fee), ("provider_amount", e.provider_amount, price - sale_fee)])
+
+
+def _void(state: State, sender: str, cmd: c.VoidSale, e: ev.SaleVoided, at_ms: int) -> str | None:
+    sale = state.sales.get(cmd.sale_id)
+    if sale is not None and sale.status != OPEN:
+        return f"sale {cmd.sale_id} is not open"
     parties = (sale.consumer, sale.provider, c.OPERATOR) if sale is not None else (c.OPERATOR,)
     if sender not in parties:
         return f"{sender} may not void sale {cmd.sale_id}"
     return _same([("sale_id", e.sale_id, cmd.sale_id)])
 
 
-def _dispute(state: State, sender: str, cmd: c.FileDispute, e: ev.DisputeResolved) -> str | None:
-    return _by(_sale_party(state, cmd.sale_id, "consumer"), sender, "dispute this sale") or _same(
-        [("sale_id", e.sale_id, cmd.sale_id), ("index", e.index, cmd.index)])
+def _dispute(state: State, sender: str, cmd: c.FileDispute, e: ev.DisputeResolved, at_ms: int) -> str | None:
+    """The amounts must follow from the verdict; the verdict itself needs the sale's key, which only the ledger
+    holds (an auditor takes it on the writer's signature)."""
+    sale = state.sales.get(cmd.sale_id)
+    if sale is None or sale.disputed or sale.key_commitment is None:
+        return f"sale {cmd.sale_id} cannot be disputed now"
+    if e.provider_cheated:
+        owed = [("refund", e.refund, sale.paid), ("penalty", e.penalty, 0), ("fee_returned", e.fee_returned,
+                sale.fee_paid), ("released", e.released, sale.held)]
+    else:
+        penalty = max(0, min(max(fee(sale.price, state.fee_bps), 1), state.balance(sender)))
+        owed = [("refund", e.refund, 0), ("penalty", e.penalty, penalty), ("fee_returned", e.fee_returned, 0),
+                ("released", e.released, 0)]
+    return _by(sale.consumer, sender, "dispute this sale") or _same(
+        [("sale_id", e.sale_id, cmd.sale_id), ("index", e.index, cmd.index), *owed])
 
 
-def _keystore(state: State, sender: str, cmd: c.ChangeKeystore, e: ev.KeystoreChanged) -> str | None:
+def _keystore(state: State, sender: str, cmd: c.ChangeKeystore, e: ev.KeystoreChanged, at_ms: int) -> str | None:
     return _same([("login", e.login, sender), ("keystore", e.keystore, cmd.keystore)])
 
 

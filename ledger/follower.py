@@ -22,6 +22,7 @@ from typing import Any
 
 import pika.exceptions
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from broker.client import connect
 from broker.codec import canonical
@@ -45,8 +46,10 @@ class Follower:
     """Keeps ``state`` equal to the log, durable in ``store``."""
 
     def __init__(self, store: Store, url: str, names: Names, replica_id: str, trust: Trust,
-                 key: Ed25519PrivateKey | None = None, *, snapshot_every: int = 5000) -> None:
+                 key: Ed25519PrivateKey | None = None, *, snapshot_every: int = 5000,
+                 ledger_key: X25519PrivateKey | None = None) -> None:
         self.store = store
+        self.ledger_key = ledger_key  # judges disputes again from their evidence
         self.trust = trust
         self.key = key  # signs the snapshots this replica shares
         # Entries and messages ignored (forged, unsigned, fenced, duplicates...), by kind: counted, never fatal.
@@ -260,7 +263,7 @@ class Follower:
                     # fold_entry is pure, so its result stands (the identity check makes sure).
                     outcome, new_state, new_rows = folded[1]
                 else:
-                    outcome, new_state, new_rows = fold_entry(state, entry, self.trust.operator_key)
+                    outcome, new_state, new_rows = fold_entry(state, entry, self.trust.operator_key, self.ledger_key)
                 if outcome.verdict == HALT:
                     last_offset = offset - 1
                     self._commit(state, rows, outcomes, last_offset)

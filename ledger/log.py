@@ -23,6 +23,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pydantic import BaseModel, ConfigDict
 
 from broker import errors
@@ -113,7 +114,8 @@ def signature_problem(state: State, entry: LogEntry, first: Any, operator_key: b
     return None
 
 
-def fold_entry(state: State, entry: LogEntry, operator_key: bytes) -> tuple[Outcome, State, list[Row]]:
+def fold_entry(state: State, entry: LogEntry, operator_key: bytes,
+               ledger_key: X25519PrivateKey | None = None) -> tuple[Outcome, State, list[Row]]:
     """Apply one entry if it is valid: the outcome, the new state and the rows to store.
 
     Nothing that is not signed by a certified replica, and backed by the signature of whoever may
@@ -150,7 +152,7 @@ def fold_entry(state: State, entry: LogEntry, operator_key: bytes) -> tuple[Outc
             return Outcome(HALT, f"primary {entry.writer} wrote at seq {entry.expected_seq} after "
                                  f"{entry.prev_hash[:12]}, this replica is at {state.seq} "
                                  f"{state.head_hash[:12]}: the logs diverge"), state, []
-    problem = entry_problem(state, entry.command_id, entry.command, entry.at_ms, events, operator_key)
+    problem = entry_problem(state, entry.command_id, entry.command, entry.at_ms, events, operator_key, ledger_key)
     if problem is not None:
         return _ignored("unauthorized", problem), state, []
     rows: list[Row] = []

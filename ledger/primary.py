@@ -201,10 +201,12 @@ class CommandProcessor:
         raise errors.BrokerUnavailable("could not get an epoch accepted in the log")
 
     def _entry(self, state: State, epoch: int, events: list[Any], command_id: str | None,
-               reply: dict[str, Any] | None, command: Envelope | None = None) -> LogEntry:
+               reply: dict[str, Any] | None, command: Envelope | None = None, at_ms: int | None = None) -> LogEntry:
+        # A decided entry carries the time it was decided at, so deadlines it sets stay ahead of it.
         return LogEntry(
             entry_id=uuid.uuid4().hex, epoch=epoch, writer=self.replica_id, expected_seq=state.seq + 1,
-            prev_hash=state.head_hash, at_ms=int(time.time() * 1000), command_id=command_id, reply=reply,
+            prev_hash=state.head_hash, at_ms=int(time.time() * 1000) if at_ms is None else at_ms,
+            command_id=command_id, reply=reply,
             events=[e.model_dump(mode="json") for e in events],
             command=command.wire() if command is not None else None,
         ).signed_by(self.key)
@@ -242,7 +244,7 @@ class CommandProcessor:
                 ticked = True
                 events = expire_holds(tentative, ctx.now_ms)
                 if events:
-                    expiry = self._entry(tentative, self.epoch, events, None, None)
+                    expiry = self._entry(tentative, self.epoch, events, None, None, at_ms=ctx.now_ms)
                     tentative = self._fold(tentative, expiry)
                     entries.append(expiry)
                 continue
@@ -316,12 +318,12 @@ class CommandProcessor:
                                                             code="internal"), me), None, tentative
         if not decision.events:
             return Reply(id=env.id, ok=True, seq=tentative.seq, result=decision.result, served_by=me), None, tentative
-        entry = self._entry(tentative, self.epoch, decision.events, env.id, decision.result, env)
+        entry = self._entry(tentative, self.epoch, decision.events, env.id, decision.result, env, ctx.now_ms)
         tentative = self._fold(tentative, entry)
         return Reply(id=env.id, ok=True, result=decision.result, served_by=me), entry, tentative
 
     def _fold(self, tentative: State, entry: LogEntry) -> State:
-        result = fold_entry(tentative, entry, self.trust.operator_key)
+        result = fold_entry(tentative, entry, self.trust.operator_key, self.follower.ledger_key)
         self.follower.remember_fold(entry.entry_id, tentative, result)
         return result[1]
 

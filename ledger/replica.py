@@ -61,7 +61,7 @@ class Replica:
         self.store = Store(config.store_url)
         self.catalog = Catalog()
         self.follower = Follower(self.store, config.broker_url, config.names, config.replica_id, self.trust,
-                                 self.key, snapshot_every=config.snapshot_every)
+                                 self.key, snapshot_every=config.snapshot_every, ledger_key=keys.ledger_key)
         self.follower.listeners.append(self.catalog.on_rows)
         self.commands = CommandProcessor(self.follower, config.broker_url, config.names, config.replica_id,
                                          self._context, self.key, self.trust, heartbeat=config.heartbeat)

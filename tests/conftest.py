@@ -180,7 +180,7 @@ class Book:
 
     def fold(self, entry: LogEntry) -> Outcome:
         self.log.append(entry)
-        outcome, self.state, rows = fold_entry(self.state, entry, self.operator_public)
+        outcome, self.state, rows = fold_entry(self.state, entry, self.operator_public, self.ledger_key)
         self.rows.extend(rows)
         return outcome
 

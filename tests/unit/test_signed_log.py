@@ -183,3 +183,64 @@ def test_nothing_applies_before_a_roster_is_in_force() -> None:
 
     outcome, state, rows = fold_entry(fresh, stripped, book.operator_public)
     assert (outcome.verdict, outcome.kind, state, rows) == (IGNORED, "uncertified", fresh, [])
+
+
+# -- a certified primary may still not write what nobody signed for ------------------------------------
+
+@pytest.fixture
+def sale(funded: Book) -> Book:
+    funded.publish("mallory", "doc-m", price=1000)
+    funded.register("alice")
+    funded.publish("alice", "doc-a", price=1000)
+    funded.open_sale("bob", "s-1", "doc-a")
+    funded.escrow("s-1")
+    return funded
+
+
+def test_a_sale_opened_for_another_provider_than_the_documents_is_ignored(funded: Book) -> None:
+    funded.register("alice")
+    funded.publish("alice", "doc-a", price=1000)
+    env = funded.envelope(c.OpenSale(sale_id="s-9", doc_id="doc-a", price=1000), "bob")
+    event = ev.SaleOpened(sale_id="s-9", doc_id="doc-a", consumer="bob", provider="mallory", price=1000, fee=10,
+                          deadline_ms=funded.now_ms + 60_000, intervals=1, interval_segments=0, fee_bps=100)
+    ignored(funded, funded.entry([event], command_id=env.id, command=env, reply={}), "unauthorized")
+
+
+@pytest.mark.parametrize("change", [{"fee": 0}, {"deadline_ms": 0}, {"price": 1}, {"fee_bps": 0}])
+def test_a_sale_opened_with_other_terms_than_the_ledgers_is_ignored(funded: Book, change: dict) -> None:
+    funded.register("alice")
+    funded.publish("alice", "doc-a", price=1000)
+    env = funded.envelope(c.OpenSale(sale_id="s-9", doc_id="doc-a", price=1000), "bob")
+    honest = funded.decide(c.OpenSale(sale_id="s-9", doc_id="doc-a", price=1000), "bob").events[0]
+    event = honest.model_copy(update=change)
+    ignored(funded, funded.entry([event], command_id=env.id, command=env, reply={}), "unauthorized")
+
+
+def test_a_settle_paying_other_amounts_than_the_sales_is_ignored(sale: Book) -> None:
+    env = sale.envelope(c.SettleSale(sale_id="s-1"), "bob")
+    honest = sale.decide(c.SettleSale(sale_id="s-1"), "bob").events[0]
+    for change in ({"provider_amount": honest.provider_amount + 500}, {"fee": 0}, {"price": 1}):
+        forged = honest.model_copy(update=change)
+        ignored(sale, sale.entry([forged], command_id=env.id, command=env, reply={}), "unauthorized")
+
+
+def test_a_false_dispute_cannot_be_written_as_won(sale: Book) -> None:
+    sale.settle("bob", "s-1")
+    evidence = sale.evidence("s-1", 0, cheat=False)
+    env = sale.envelope(evidence, "bob")
+    honest = sale.decide(evidence, "bob").events[0]
+    assert not honest.provider_cheated
+    won = honest.model_copy(update={"provider_cheated": True, "refund": 10_980, "penalty": 0})
+    ignored(sale, sale.entry([won], command_id=env.id, command=env, reply={}), "unauthorized")
+
+
+def test_a_replica_judges_a_dispute_again_and_a_false_win_with_consistent_amounts_is_ignored(sale: Book) -> None:
+    sale.settle("bob", "s-1")
+    evidence = sale.evidence("s-1", 0, cheat=False)
+    env = sale.envelope(evidence, "bob")
+    s1 = sale.state.sales["s-1"]
+    won = ev.DisputeResolved(sale_id="s-1", index=0, provider_cheated=True, reason="forged", refund=s1.paid,
+                             penalty=0, fee_returned=s1.fee_paid, released=s1.held)
+    ignored(sale, sale.entry([won], command_id=env.id, command=env, reply={}), "unauthorized")
+    # The honest verdict, written as the ledger judged it, applies.
+    assert sale.submit(evidence, "bob").events[0].provider_cheated is False
