@@ -265,15 +265,18 @@ class BrokerClient:
         if key is None or not _verifies(key, reply):
             self._dropped(f"a reply not signed by a certified replica (claims {str(reply.signer)[:40]!r})")
             return None
+        if reply.roster_serial is not None and reply.roster_serial > trust.serial:
+            # The operator changed the roster since (a certified replica says so): learn it, a removal counts at once.
+            self._refresh_roster(trust, asked_by_a_replica=True)
         return reply
 
     def _dropped(self, what: str) -> None:
         self.forged_replies += 1
         log.warning("dropped %s; still waiting for the real answer", what)
 
-    def _refresh_roster(self, trust: Trust) -> None:
+    def _refresh_roster(self, trust: Trust, *, asked_by_a_replica: bool = False) -> None:
         """Ask the ledger for its newest roster: it is signed by the operator, so any answer will do."""
-        if time.monotonic() - self._refreshed_at < 2.0:
+        if not asked_by_a_replica and time.monotonic() - self._refreshed_at < 2.0:
             return  # at most one look every two seconds, however many strangers' replies arrive
         self._refreshed_at = time.monotonic()
         try:

@@ -31,6 +31,7 @@ class Reply(BaseModel):
     error: dict[str, str] | None = None
     served_by: str | None = None
     request: str | None = None
+    roster_serial: int | None = None  # the newest operator roster the signer knows: clients catch up from it
     signer: str | None = None
     signature: str | None = None
 
@@ -40,9 +41,10 @@ class Reply(BaseModel):
     def signing_bytes(self) -> bytes:
         return tagged("reply", canonical(self.model_dump(mode="json", exclude={"signature"})))
 
-    def signed_by(self, key: Ed25519PrivateKey, signer: str, request: str) -> Reply:
+    def signed_by(self, key: Ed25519PrivateKey, signer: str, request: str, roster_serial: int | None = None) -> Reply:
         """This reply bound to ``request`` (a digest) and signed by replica ``signer``."""
-        bound = self.model_copy(update={"request": request, "signer": signer, "signature": None})
+        bound = self.model_copy(update={"request": request, "signer": signer, "signature": None,
+                                        "roster_serial": roster_serial})
         return bound.model_copy(update={"signature": key.sign(bound.signing_bytes()).hex()})
 
     def unwrap(self) -> Reply:

@@ -169,7 +169,21 @@ class Trust:
             if self._roster is not None and roster.serial <= self._roster.serial:
                 return False
             self._roster = roster
-            return True
+        self._keep(roster)
+        return True
+
+    def _keep(self, roster: Roster) -> None:
+        # Remember the newest roster seen, so this machine is never talked back to an older one (which might
+        # still list a replica the operator removed). The operator's own copy in system/ is not touched.
+        if self.home is None or (self.home / "system" / "roster.json").exists():
+            return
+        path = self.home / "roster.json"
+        try:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(roster.model_dump_json())
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only home only costs the memory of it
 
     def replica_key(self, replica_id: str | None) -> bytes | None:
         roster = self._roster

@@ -335,7 +335,8 @@ class CommandProcessor:
     def _reply(self, ch: Any, props: Any, reply: Reply, request: bytes) -> None:
         if not props.reply_to:
             return
-        reply = reply.signed_by(self.key, self.replica_id, digest(request))
+        serial = max(self.trust.serial, self.follower.state.roster.serial if self.follower.state.roster else 0)
+        reply = reply.signed_by(self.key, self.replica_id, digest(request), serial)
         ch.basic_publish("", props.reply_to, reply.to_bytes(),
                          pika.BasicProperties(correlation_id=props.correlation_id, content_type="application/json"))
 

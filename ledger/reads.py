@@ -299,6 +299,7 @@ class ReadServer:
     def _send(self, ch: Any, props: Any, reply: Reply, request: bytes) -> None:
         self.served += 1
         if props.reply_to:
-            reply = reply.signed_by(self.key, self.replica_id, digest(request))
+            roster = newest_roster(self.follower.state, self.trust)
+            reply = reply.signed_by(self.key, self.replica_id, digest(request), roster.serial if roster else None)
             ch.basic_publish("", props.reply_to, reply.to_bytes(),
                              pika.BasicProperties(correlation_id=props.correlation_id))
