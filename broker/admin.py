@@ -91,6 +91,7 @@ class Limits:
     dlq_bytes: int = 64 * 1024 * 1024
     reads_length: int = 10_000
     reads_bytes: int = 32 * 1024 * 1024
+    commands_bytes: int = 512 * 1024 * 1024
 
     def user_limits(self, role: str) -> dict[str, int]:
         return {"max-connections": getattr(self, f"{role}_connections"),
@@ -130,6 +131,12 @@ def policies(names: Names, limits: Limits) -> dict[str, dict[str, Any]]:
             "pattern": rf"^{re.escape(names.dlq)}$", "apply-to": "queues", "priority": 10,
             "definition": {"max-length": limits.dlq_length, "max-length-bytes": limits.dlq_bytes,
                            "overflow": "drop-head"},
+        },
+        # Commands wait for the primary; a flood that outruns it is refused at the door once the queue holds
+        # this much, so the broker (and the primary's look-ahead) stay bounded.
+        f"{names.prefix}.commands-bounds": {
+            "pattern": rf"^{re.escape(names.commands)}$", "apply-to": "queues", "priority": 10,
+            "definition": {"max-length-bytes": limits.commands_bytes, "overflow": "reject-publish"},
         },
         # A full reads queue refuses new queries (the publisher's confirm is a nack) rather than
         # dropping ones that already wait: a flood is turned away at the door.

@@ -47,7 +47,10 @@ __all__ = ["CommandProcessor", "TICK", "log_messages", "LOG_MESSAGE_MAX"]
 log = logging.getLogger(__name__)
 TICK = "tick"
 _BATCH = 64  # commands decided per log write: small enough that a batch never keeps others waiting long
-_PREFETCH = 1024
+_PREFETCH = 1024  # unacked commands held: far enough ahead that a flood cannot hide a command behind it
+_LARGE = 64 * 1024  # bytes: only a dispute (one segment as evidence) is larger than this, honestly
+# Large commands held at once: a flood of the broker's largest messages (16 MiB) costs at most 256 MiB.
+_LARGE_HELD = 16
 _PER_CHANNEL = 256  # commands of one sender waiting at once; beyond, they are dropped unread
 _STRANGER = "stranger"  # the one turn shared by commands that name no registered sender
 _CONFIRM_TIMEOUT = 10.0
@@ -96,6 +99,7 @@ class CommandProcessor:
         self.epoch = 0  # nonzero while primary
         self.commands_handled = 0
         self.shed = 0  # commands dropped unread because their sender was over its share
+        self._large_held = 0  # commands over _LARGE held (arrived or waiting their turn)
         self.on_role_change: Callable[[bool], None] | None = None
         self._rejected: OrderedDict[tuple[str, str | None], Reply] = OrderedDict()  # (id, command digest) -> refusal
         self._conn: Any = None
@@ -150,12 +154,20 @@ class CommandProcessor:
             log_ch = conn.channel()
             log_ch.confirm_delivery()
             inbox: FairInbox[tuple[Any, Any, bytes]] = FairInbox(per_channel=_PER_CHANNEL)
+            self._large_held = 0  # what a lost connection held went back to the queue
 
             arrived: list[tuple[Any, Any, bytes]] = []
 
             def on_command(_ch: Any, method: Any, props: Any, body: bytes) -> None:
                 # Nothing but keeping it: no ack here, so at most a prefetch's worth arrives per look and pika
-                # hands control back even while a flood goes on.
+                # hands control back even while a flood goes on. Large ones are the exception: past a few
+                # held at once they are dropped on arrival, so memory stays bounded whatever arrives.
+                if len(body) > _LARGE:
+                    if self._large_held >= _LARGE_HELD:
+                        self.shed += 1
+                        ch.basic_ack(method.delivery_tag)
+                        return
+                    self._large_held += 1
                 arrived.append((method, props, body))
 
             ch.basic_consume(self.names.commands, on_command)
@@ -267,8 +279,9 @@ class CommandProcessor:
             if made is not None:
                 reply = reply.model_copy(update={"seq": final[made.entry_id].last_seq})
             self._reply(ch, props, reply, body)
-        for method, _props, _body in batch:  # one by one: turns reorder deliveries, so no multiple-ack
+        for method, _props, body in batch:  # one by one: turns reorder deliveries, so no multiple-ack
             ch.basic_ack(method.delivery_tag)
+            self._large_held -= len(body) > _LARGE
         self.commands_handled += len(replies)
 
     def _decide(self, tentative: State, props: Any, body: bytes, ctx: Context, ch: Any
@@ -348,6 +361,7 @@ class CommandProcessor:
                 # Over its share: dropped at the cost of an ack. A client that keeps its commands in flight
                 # under its share never meets this; one that resends gets its answer later.
                 self.shed += 1
+                self._large_held -= len(body) > _LARGE
                 ch.basic_ack(method.delivery_tag)
         arrived.clear()
 

@@ -453,7 +453,7 @@ def test_broker_setup_is_idempotent_keeps_its_passwords_and_writes_private_files
         for url in roles.urls.values():  # every role logs in with the password that was kept
             pika.BlockingConnection(pika.URLParameters(url)).close()
         policies = {p["name"] for p in api.request("GET", f"/policies/{urllib.parse.quote(vhost, safe='')}")}
-        assert policies == {"acb.dlq-bounds", "acb.reads-bounds"}
+        assert policies == {"acb.dlq-bounds", "acb.reads-bounds", "acb.commands-bounds"}
         limits = {item["user"]: item["value"] for item in api.request("GET", "/user-limits")
                   if item["user"].startswith(vhost)}
         assert limits[f"{vhost}-peer"] == {"max-connections": 1000, "max-channels": 4000}

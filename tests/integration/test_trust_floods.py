@@ -242,3 +242,4 @@ def test_a_flood_of_far_future_reads_is_refused_at_once_and_starves_nobody(
     assert stats["p99_ms"] <= P99_LIMIT * 1000, \
         f"during a flood of {READ_FLOOD} far-future reads another user's read p99 was {stats['p99_ms']} ms " \
         f"(p50 {stats['p50_ms']} ms, {len(samples)} reads)"
+
