@@ -14,19 +14,28 @@ from broker.errors import BrokerError, BrokerUnavailable
 from broker.topology import Names
 from broker.trust import Trust, check_signed
 
-__all__ = ["collect_status", "verified_status"]
+__all__ = ["collect_status", "verified_status", "STATUS_FRESH_MS"]
+
+STATUS_FRESH_MS = 15_000  # replicas say their status every second; older than this, it says nothing now
 
 log = logging.getLogger(__name__)
 
 
-def verified_status(trust: Trust, body: bytes) -> dict[str, Any] | None:
-    """A status message when a certified replica signed it about itself; None for anything else."""
+def verified_status(trust: Trust, body: bytes, now_ms: int | None = None) -> dict[str, Any] | None:
+    """A status message when a certified replica signed it about itself, lately; None for anything else.
+
+    A genuine but old status (replayed to hide that its replica has since halted) is not a status.
+    """
     try:
         status = json.loads(body)
         signer = check_signed(trust, status, "status")
     except (ValueError, RecursionError, BrokerError):
         return None
     if not isinstance(status, dict) or status.get("replica") != signer or not isinstance(status.get("seq"), int):
+        return None
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    at = status.get("at_ms")
+    if not isinstance(at, int) or abs(now - at) > STATUS_FRESH_MS:
         return None
     status.pop("signature", None)
     return status
@@ -60,7 +69,7 @@ def collect_status(url: str, names: Names, wait: float = 2.5, *, trust: Trust | 
                 status = verified_status(trust, body)
                 if status is None:
                     forged += 1
-                else:
+                elif status["at_ms"] >= latest.get(status["replica"], {}).get("at_ms", 0):
                     latest[status["replica"]] = status
             if time.monotonic() >= deadline:
                 break

@@ -21,14 +21,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pika.exceptions
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from broker.client import connect
 from broker.codec import canonical
 from broker.errors import BrokerError
 from broker.topology import Names, declare
-from broker.trust import Trust, check_signed, signed
+from broker.trust import Trust, check_signed, signed, tagged
 from ledger.connected import BROKER_TROUBLE, keep_connected
 from ledger.errors import ChainBroken
 from ledger.log import ACCEPTED, HALT, LogBatch, Outcome, fold_entry, replay_row
@@ -40,6 +41,7 @@ __all__ = ["Follower"]
 log = logging.getLogger(__name__)
 _GROUP = 512  # stream messages folded per store transaction at most
 _MAX_SNAPSHOT_BYTES = 1 << 30  # a shared snapshot larger than this when inflated is refused unread
+_SNAPSHOT_SIGNER, _SNAPSHOT_SIGNATURE = "acb-signer", "acb-signature"  # headers of a shared snapshot message
 
 
 class Follower:
@@ -109,12 +111,12 @@ class Follower:
             ch = conn.channel()
             declare(ch, self.names)
             ch.basic_qos(prefetch_count=16)
-            for method, _props, body in ch.consume(self.names.snapshots, arguments={"x-stream-offset": "last"},
+            for method, props, body in ch.consume(self.names.snapshots, arguments={"x-stream-offset": "last"},
                                                    inactivity_timeout=timeout):
                 if method is None:
                     break
                 ch.basic_ack(method.delivery_tag)
-                record = self._verified_snapshot(body)
+                record = self._verified_snapshot(body, props.headers or {})
                 if record is not None and (newest is None or record["seq"] > newest["seq"]):
                     newest = record
         finally:
@@ -144,8 +146,24 @@ class Follower:
                     newest["stream_offset"])
         return True
 
-    def _verified_snapshot(self, body: bytes) -> dict[str, Any] | None:
-        """A shared snapshot's record when a certified replica signed it, else None (counted)."""
+    def _verified_snapshot(self, body: bytes, headers: dict[str, Any]) -> dict[str, Any] | None:
+        """A shared snapshot's record when a certified replica signed it, else None (counted).
+
+        The message's own signature (over the digest of its bytes, in its headers) is checked before a
+        byte of it is inflated or parsed: a stranger's snapshot costs one hash and one signature check.
+        """
+        signer = headers.get(_SNAPSHOT_SIGNER)
+        key = self.trust.replica_key(signer) if isinstance(signer, str) else None
+        signature = headers.get(_SNAPSHOT_SIGNATURE)
+        try:
+            if key is None or not isinstance(signature, str):
+                raise ValueError("it is not signed by a certified replica")
+            Ed25519PublicKey.from_public_bytes(key).verify(bytes.fromhex(signature),
+                                                           tagged("snapshot-message", hashlib.sha256(body).digest()))
+        except (ValueError, InvalidSignature) as exc:
+            self.ignored["snapshot"] += 1
+            log.warning("a shared snapshot was refused unread: %s", exc)
+            return None
         try:
             inflater = zlib.decompressobj()
             raw = inflater.decompress(body, _MAX_SNAPSHOT_BYTES)
@@ -315,8 +333,10 @@ class Follower:
                     head = signed(self.key, self.replica_id,
                                   {"seq": state.seq, "state_hash": digest, "stream_offset": offset}, "snapshot")
                     record = {"head": head, "state": picture}
-                    conn.channel().basic_publish("", self.names.snapshots, zlib.compress(canonical(record), 3),
-                                                 pika.BasicProperties(delivery_mode=2))
+                    body = zlib.compress(canonical(record), 3)
+                    signature = self.key.sign(tagged("snapshot-message", hashlib.sha256(body).digest())).hex()
+                    conn.channel().basic_publish("", self.names.snapshots, body, pika.BasicProperties(
+                        delivery_mode=2, headers={_SNAPSHOT_SIGNER: self.replica_id, _SNAPSHOT_SIGNATURE: signature}))
                 finally:
                     conn.close()
             log.info("snapshot at seq %d taken%s", state.seq, " and shared" if share else "")
