@@ -34,6 +34,7 @@ __all__ = ["SystemKeys", "system_dir", "init_system", "load_system", "load_opera
            "remove_replica", "load_roster", "replica_key_path", "REPLICA_ID"]
 
 REPLICA_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_REMOVED = "removed-replicas"  # in the system directory: ids the operator removed, one a line
 
 
 def system_dir(home: Path | None = None) -> Path:
@@ -188,6 +189,9 @@ def certify_replica(home: Path, replica_id: str) -> Roster:
     """Make ``replica_id``'s key (unless it has one) and certify it in a new roster. Needs the operator key."""
     path = replica_key_path(home, replica_id)
     with _roster_lock(home):
+        removed = _removed(home)
+        if replica_id in removed:
+            (system_dir(home) / _REMOVED).write_text("".join(f"{r}\n" for r in sorted(removed - {replica_id})))
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             key = Ed25519PrivateKey.generate()
@@ -201,12 +205,23 @@ def certify_replica(home: Path, replica_id: str) -> Roster:
 
 
 def remove_replica(home: Path, replica_id: str) -> Roster:
-    """A new roster without ``replica_id``: its signatures stop counting. Needs the operator key."""
+    """A new roster without ``replica_id``: its signatures stop counting. Needs the operator key.
+
+    The id is remembered as removed, so that a supervisor restarting the replica on this machine does not
+    quietly certify it again: only ``acb operator replica add`` brings it back.
+    """
     with _roster_lock(home):
         current = load_roster(home)
         if current is None or replica_id not in current.replicas:
             raise ConfigError(f"replica {replica_id} is not in the roster")
+        removed = _removed(home) | {replica_id}
+        (system_dir(home) / _REMOVED).write_text("".join(f"{r}\n" for r in sorted(removed)))
         return _change_roster(home, {replica_id: None})
+
+
+def _removed(home: Path) -> set[str]:
+    path = system_dir(home) / _REMOVED
+    return set(path.read_text().split()) if path.exists() else set()
 
 
 def replica_identity(home: Path, replica_id: str, *, certify: bool = True) -> Ed25519PrivateKey:
@@ -217,6 +232,9 @@ def replica_identity(home: Path, replica_id: str, *, certify: bool = True) -> Ed
         key = _load_ed25519(path)
         if roster is not None and roster.key_of(replica_id) == raw_public(key):
             return key
+    if replica_id in _removed(home):
+        raise ConfigError(f"replica {replica_id} was removed by the operator; `acb operator replica add "
+                          f"{replica_id}` brings it back")
     if certify and (system_dir(home) / "operator.key").exists():
         certify_replica(home, replica_id)
         return _load_ed25519(path)
