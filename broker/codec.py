@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from typing import Any
 
 __all__ = ["canonical", "b64e", "b64d", "loads_object"]
@@ -15,7 +16,7 @@ __all__ = ["canonical", "b64e", "b64d", "loads_object"]
 
 def canonical(value: Any) -> bytes:
     """Encode a JSON-compatible value canonically."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def b64e(data: bytes) -> str:
@@ -28,10 +29,22 @@ def b64d(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"), validate=True)
 
 
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON, and would not survive a round trip: what was signed must be what is stored.
+    raise json.JSONDecodeError(f"{name} is not a JSON number", name, 0)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise json.JSONDecodeError(f"{text[:20]} is too large a number", text, 0)
+    return value
+
+
 def loads_object(body: bytes) -> dict[str, Any]:
     """Parse bytes into a JSON object, or raise ValueError saying why not."""
     try:
-        value = json.loads(body)
+        value = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"body is not JSON: {exc}") from exc
     except RecursionError as exc:

@@ -30,6 +30,7 @@ from broker.trust import tagged
 __all__ = ["Envelope", "seal", "open_envelope", "verify", "new_id", "now_ms"]
 
 _SUPPORTED_VERSIONS = {1}
+_BODY_KEYS = frozenset({"id", "sender", "issued_at", "kind", "payload", "min_seq"})
 
 
 def new_id() -> str:
@@ -123,6 +124,9 @@ def open_envelope(raw: bytes) -> Envelope:
             sig_bytes = b64d(str(signature))
         except ValueError as exc:
             raise errors.BadSignature("signature is not base64") from exc
+    unknown = set(body) - _BODY_KEYS
+    if unknown:
+        raise errors.Malformed(f"envelope body has unknown field {sorted(unknown)[0][:40]!r}")
     try:
         ident, sender, issued_at, min_seq = body["id"], body["sender"], body["issued_at"], body.get("min_seq", 0)
     except KeyError as exc:

@@ -36,8 +36,10 @@ from broker import commands as c
 from broker import content, errors
 from broker.codec import canonical
 from broker.envelope import Envelope, open_envelope, verify
-from broker.money import fee, interval_prices
+from broker.money import MAX_FEE_BPS, fee, interval_prices
+from broker.trust import Roster
 from ledger import events as ev
+from ledger.handlers import RESERVED_LOGINS
 from ledger.model import OPEN, State
 
 __all__ = ["entry_problem", "command_of", "signer_key", "MAX_HOLD_MS"]
@@ -112,14 +114,18 @@ def _rejudge(state: State, env: Envelope, event: ev.DisputeResolved, at_ms: int,
 
 
 def _own_events_problem(state: State, at_ms: int, events: list[Any]) -> str | None:
+    voided: set[str] = set()
     for e in events:
         if isinstance(e, ev.EpochStarted):
+            if len(events) != 1:
+                return "an epoch announcement stands alone in its entry"
             continue
         if not (isinstance(e, ev.SaleVoided) and e.reason == "expired"):
             return f"{e.type} has no signed command behind it"
         sale = state.sales.get(e.sale_id)
-        if sale is None or sale.status != OPEN:
+        if sale is None or sale.status != OPEN or e.sale_id in voided:
             return f"expiry of sale {e.sale_id}, which is not open"
+        voided.add(e.sale_id)
         if sale.deadline_ms > at_ms:
             return f"expiry of sale {e.sale_id} before its deadline"
     return None
@@ -147,6 +153,8 @@ def _by(who: str | None, sender: str, what: str) -> str | None:
 def _register(state: State, sender: str, cmd: c.RegisterUser, e: ev.UserRegistered, at_ms: int) -> str | None:
     if cmd.login in state.users:
         return f"{cmd.login} is registered already: nobody may take over an account"
+    if cmd.login in RESERVED_LOGINS:
+        return f"{cmd.login!r} is reserved: no user may hold it"
     return _same([("login", e.login, cmd.login), ("sign_key", e.sign_key, cmd.sign_key),
                   ("box_key", e.box_key, cmd.box_key), ("cert_pem", e.cert_pem, cmd.cert_pem),
                   ("keystore", e.keystore, cmd.keystore)])
@@ -159,14 +167,21 @@ def _operator_only(sender: str) -> str | None:
 def _deposit(state: State, sender: str, cmd: c.Deposit, e: ev.Deposited, at_ms: int) -> str | None:
     if cmd.amount <= 0 or cmd.account not in state.users:
         return f"a deposit of {cmd.amount} to {cmd.account} is not one the ledger makes"
-    return _operator_only(sender) or _same([("account", e.account, cmd.account), ("amount", e.amount, cmd.amount)])
+    return _operator_only(sender) or _same([("account", e.account, cmd.account), ("amount", e.amount, cmd.amount),
+                                            ("memo", e.memo, cmd.memo)])
 
 
 def _fee(state: State, sender: str, cmd: c.SetFee, e: ev.FeeSet, at_ms: int) -> str | None:
+    if not 0 <= cmd.bps <= MAX_FEE_BPS:
+        return f"a fee of {cmd.bps} basis points is not one the ledger sets"
     return _operator_only(sender) or _same([("bps", e.bps, cmd.bps)])
 
 
 def _roster(state: State, sender: str, cmd: c.SetRoster, e: ev.RosterChanged, at_ms: int) -> str | None:
+    try:
+        Roster.from_wire(cmd.roster)
+    except errors.CommandRejected as exc:
+        return f"the roster does not parse: {exc}"
     return _operator_only(sender) or _same([("roster", e.roster, cmd.roster)])
 
 
@@ -175,9 +190,14 @@ def _publish(state: State, sender: str, cmd: c.PublishDocument, e: ev.DocumentPu
     written = e.model_dump(exclude={"type", "schema_version", "provider"})
     if e.provider != sender or written != signed_for:
         return "the published document is not the one the provider signed for"
+    if cmd.price <= 0 or sender not in state.users:
+        return f"a price of {cmd.price} is not one the ledger sets"
     existing = state.documents.get(cmd.doc_id)
-    if existing is not None and existing.provider != sender:
-        return f"document {cmd.doc_id} belongs to {existing.provider}"
+    if existing is not None and (existing.provider != sender or existing.published):
+        return f"document {cmd.doc_id} is published already"
+    if existing is not None and (existing.size, existing.sha256, existing.merkle_root, existing.segment_size) != (
+            cmd.size, cmd.sha256, cmd.merkle_root, cmd.segment_size):
+        return f"document {cmd.doc_id} was published with other content"
     return None
 
 
@@ -199,8 +219,10 @@ def _price(state: State, sender: str, cmd: c.ChangePrice, e: ev.PriceChanged, at
 
 def _open(state: State, sender: str, cmd: c.OpenSale, e: ev.SaleOpened, at_ms: int) -> str | None:
     doc = state.documents.get(cmd.doc_id)
-    if doc is None or not doc.published or cmd.sale_id in state.sales:
+    if doc is None or not doc.published or cmd.sale_id in state.sales or doc.provider == sender:
         return f"sale {cmd.sale_id} of {cmd.doc_id} cannot be opened"
+    if state.balance(sender) < doc.price:
+        return f"{sender} cannot pay {doc.price} from {state.balance(sender)}"
     n = content.interval_count(content.segment_count_for(doc.size, doc.segment_size), doc.interval_segments)
     if not at_ms < e.deadline_ms <= at_ms + MAX_HOLD_MS:
         return f"sale {cmd.sale_id} holds the price until {e.deadline_ms}, not a deadline the ledger sets"
@@ -253,12 +275,11 @@ def _settle_interval(state: State, sender: str, cmd: c.SettleInterval, e: ev.Int
 
 def _void(state: State, sender: str, cmd: c.VoidSale, e: ev.SaleVoided, at_ms: int) -> str | None:
     sale = state.sales.get(cmd.sale_id)
-    if sale is not None and sale.status != OPEN:
+    if sale is None or sale.status != OPEN:
         return f"sale {cmd.sale_id} is not open"
-    parties = (sale.consumer, sale.provider, c.OPERATOR) if sale is not None else (c.OPERATOR,)
-    if sender not in parties:
+    if sender not in (sale.consumer, sale.provider, c.OPERATOR):
         return f"{sender} may not void sale {cmd.sale_id}"
-    return _same([("sale_id", e.sale_id, cmd.sale_id)])
+    return _same([("sale_id", e.sale_id, cmd.sale_id), ("reason", e.reason, f"{cmd.reason} by {sender}")])
 
 
 def _dispute(state: State, sender: str, cmd: c.FileDispute, e: ev.DisputeResolved, at_ms: int) -> str | None:
@@ -279,6 +300,8 @@ def _dispute(state: State, sender: str, cmd: c.FileDispute, e: ev.DisputeResolve
 
 
 def _keystore(state: State, sender: str, cmd: c.ChangeKeystore, e: ev.KeystoreChanged, at_ms: int) -> str | None:
+    if sender not in state.users:
+        return f"{sender} has no keystore to change"
     return _same([("login", e.login, sender), ("keystore", e.keystore, cmd.keystore)])
 
 

@@ -51,8 +51,8 @@ def run_replica(args: argparse.Namespace, settings: Any) -> int:
     logging.getLogger().setLevel(logging.INFO)
     from ledger.authority import MAX_HOLD_MS
 
-    if not 0 < args.hold_ttl * 1000 <= MAX_HOLD_MS:
-        raise ConfigError(f"--hold-ttl must be more than 0 and at most {MAX_HOLD_MS // 3_600_000} hours")
+    if not 1 <= int(args.hold_ttl * 1000) <= MAX_HOLD_MS:
+        raise ConfigError(f"--hold-ttl must be at least a millisecond and at most {MAX_HOLD_MS // 3_600_000} hours")
     config = ReplicaConfig(replica_id=replica_id, broker_url=settings.replica_broker_url, store_url=store,
                            names=settings.names, hold_ttl_ms=int(args.hold_ttl * 1000),
                            snapshot_every=args.snapshot_every)

@@ -155,6 +155,15 @@ def fold_entry(state: State, entry: LogEntry, operator_key: bytes,
     problem = entry_problem(state, entry.command_id, entry.command, entry.at_ms, events, operator_key, ledger_key)
     if problem is not None:
         return _ignored("unauthorized", problem), state, []
+    try:
+        return _applied(state, entry, events)
+    except (KeyError, TypeError, ValueError, AttributeError, errors.BrokerError) as exc:
+        # Authorized, yet it does not apply to this state: every replica finds the same, so all ignore it
+        # alike rather than lose the thread that follows the log.
+        return _ignored("unappliable", f"entry does not apply: {type(exc).__name__}: {str(exc)[:200]}"), state, []
+
+
+def _applied(state: State, entry: LogEntry, events: list[Any]) -> tuple[Outcome, State, list[Row]]:
     rows: list[Row] = []
     first_seq = state.seq + 1
     for i, event in enumerate(events):

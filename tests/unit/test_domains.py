@@ -41,3 +41,9 @@ def test_a_status_signature_is_no_snapshot_and_no_reply() -> None:
     as_status = {**reply.model_dump(mode="json")}
     with pytest.raises(errors.BadSignature):
         check_signed(trust, as_status, "status")
+
+
+def test_an_envelope_body_with_fields_of_its_own_is_malformed() -> None:
+    env = seal(c.SettleSale(sale_id="s-1"), sender="alice", key=Ed25519PrivateKey.generate())
+    with pytest.raises(errors.Malformed, match="unknown field 'x'"):
+        open_envelope(canonical({"body": {**env.body, "x": 1}, "signature": b64e(env.signature or b"")}))

@@ -244,3 +244,53 @@ def test_a_replica_judges_a_dispute_again_and_a_false_win_with_consistent_amount
     ignored(sale, sale.entry([won], command_id=env.id, command=env, reply={}), "unauthorized")
     # The honest verdict, written as the ledger judged it, applies.
     assert sale.submit(evidence, "bob").events[0].provider_cheated is False
+
+
+def test_an_epoch_announcement_riding_behind_another_event_is_ignored(sale: Book) -> None:
+    sale.now_ms += sale.hold_ttl_ms
+    mallory = Ed25519PrivateKey.generate()
+    forged = {"serial": 10**18, "replicas": {"evil": raw_public(mallory).hex()}, "issued_at": 0, "signature": ""}
+    entry = sale.entry([ev.SaleVoided(sale_id="s-1", reason="expired"),
+                        ev.EpochStarted(epoch=sale.state.epoch, replica="r1", roster=forged)])
+    ignored(sale, entry, "unauthorized")
+
+
+def test_one_hold_cannot_be_released_twice_in_one_entry(sale: Book) -> None:
+    sale.now_ms += sale.hold_ttl_ms
+    twice = [ev.SaleVoided(sale_id="s-1", reason="expired")] * 2
+    ignored(sale, sale.entry(twice), "unauthorized")
+
+
+def test_a_reserved_login_cannot_be_registered_even_by_the_primary(funded: Book) -> None:
+    owner = Member.create("owner")
+    env = funded.envelope(owner.registration(), "owner", key=owner.sign)
+    reg = owner.registration()
+    event = ev.UserRegistered(login="owner", sign_key=reg.sign_key, box_key=reg.box_key, cert_pem=reg.cert_pem,
+                              keystore=reg.keystore)
+    ignored(funded, funded.entry([event], command_id=env.id, command=env, reply={}), "unauthorized")
+
+
+def test_a_sale_the_buyer_cannot_pay_for_is_ignored_even_from_the_primary(funded: Book) -> None:
+    funded.register("alice")
+    funded.publish("alice", "doc-a", price=1000)
+    env = funded.envelope(c.OpenSale(sale_id="s-9", doc_id="doc-a", price=1000), "mallory")
+    event = ev.SaleOpened(sale_id="s-9", doc_id="doc-a", consumer="mallory", provider="alice", price=1000, fee=10,
+                          deadline_ms=funded.now_ms + 60_000, intervals=1, interval_segments=0, fee_bps=100)
+    ignored(funded, funded.entry([event], command_id=env.id, command=env, reply={}), "unauthorized")
+
+
+def test_entries_that_would_not_apply_are_ignored_not_fatal(funded: Book) -> None:
+    env = funded.envelope(c.VoidSale(sale_id="no-such-sale"), c.OPERATOR)
+    event = ev.SaleVoided(sale_id="no-such-sale", reason="cancelled by operator")
+    ignored(funded, funded.entry([event], command_id=env.id, command=env, reply={}), "unauthorized")
+    env = funded.envelope(c.ChangeKeystore(keystore="eA=="), c.OPERATOR)
+    event = ev.KeystoreChanged(login="operator", keystore="eA==")
+    ignored(funded, funded.entry([event], command_id=env.id, command=env, reply={}), "unauthorized")
+
+
+def test_numbers_that_do_not_survive_a_round_trip_are_not_json() -> None:
+    from broker.codec import loads_object
+
+    for bad in (b'{"x": NaN}', b'{"x": 1e400}', b'{"x": -Infinity}'):
+        with pytest.raises(ValueError):
+            loads_object(bad)
