@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from broker.client import BrokerClient
+from broker.trust import Trust
 from peer.client import Client
 from peer.config import Settings
 from peer.identity import Identity, Profile
@@ -26,6 +27,7 @@ class Session:
         self.identity = identity
         self._lock = threading.Lock()
         self._last_seq = 0
+        self._trust: Trust | None = None
 
     @classmethod
     def resume(cls, settings: Settings, login: str | None = None) -> Session:
@@ -47,10 +49,18 @@ class Session:
         with self._lock:
             self._last_seq = max(self._last_seq, seq)
 
+    @property
+    def trust(self) -> Trust:
+        """The operator key and roster every client of this session checks answers against (thread-safe)."""
+        with self._lock:
+            if self._trust is None:
+                self._trust = Trust.load(self.settings.home)
+            return self._trust
+
     @contextmanager
     def client(self) -> Iterator[Client]:
         """A client on its own broker connection, for the calling thread only."""
-        broker = BrokerClient(self.settings.broker_url, self.settings.names)
+        broker = BrokerClient(self.settings.broker_url, self.settings.names, trust=self.trust)
         client = Client(broker, self.settings.home, self.identity)
         client.last_seq = self.last_seq
         try:
@@ -63,7 +73,7 @@ class Session:
 
     def new_client(self) -> Client:
         """A long-lived client the caller owns (the provider service); close ``client.broker`` when done."""
-        client = Client(BrokerClient(self.settings.broker_url, self.settings.names), self.settings.home,
-                        self.identity)
+        client = Client(BrokerClient(self.settings.broker_url, self.settings.names, trust=self.trust),
+                        self.settings.home, self.identity)
         client.last_seq = self.last_seq
         return client

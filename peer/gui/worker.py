@@ -5,16 +5,21 @@ thread; it may call ``job.progress(done, total)`` and ``job.step(text)``.
 Its outcome reaches the callbacks given to :meth:`Runner.submit` through a
 queued signal into the :class:`Runner`, which lives on the GUI thread, so
 the callbacks may touch widgets and models.
+
+While a Runner exists, Python's cyclic garbage collector runs only on the GUI
+thread (a timer collects there): left to itself it may run in a pool thread and
+finalize Qt objects there, which crashes the process.
 """
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal, Slot
 
 from broker.errors import BrokerError, CommandRejected
 
@@ -92,6 +97,11 @@ class Runner(QObject):
         self._relay.reported.connect(self._deliver)
         self._ids = itertools.count(1)
         self._pending: dict[int, _Callbacks] = {}
+        _gc_on_gui_thread(+1)
+        self._collector = QTimer(self)
+        self._collector.timeout.connect(_collect)
+        self._collector.start(_COLLECT_EVERY_MS)
+        self._shut = False
 
     @property
     def busy(self) -> int:
@@ -135,3 +145,29 @@ class Runner(QObject):
         """Let running calls finish (they hold broker connections) and drop their callbacks."""
         self._pending.clear()
         self.pool.waitForDone(wait_ms)
+        if not self._shut:
+            self._shut = True
+            self._collector.stop()
+            _collect()
+            _gc_on_gui_thread(-1)
+
+
+_COLLECT_EVERY_MS = 500
+_runners = 0
+
+
+def _collect() -> None:
+    gc.collect(0)
+    if gc.get_count()[1] > 10:
+        gc.collect()
+
+
+def _gc_on_gui_thread(change: int) -> None:
+    """Count live runners: the first turns automatic collection off, the last turns it back on."""
+    global _runners
+    _runners += change
+    if _runners > 0:
+        gc.disable()
+    else:
+        _runners = 0
+        gc.enable()
