@@ -76,11 +76,20 @@ def _entry_violation(before: State, group: list[Any], operator_key: bytes) -> st
     unsigned = signature_problem(before, entry, events[0], operator_key)
     if unsigned is not None:
         return f"seq {group[0].seq}: {unsigned[1]}"
-    stored = ([r.payload for r in group], group[0].seq, group[0].prev_hash, last.command_id, last.reply)
-    signed = ([e.model_dump(mode="json") for e in events], entry.expected_seq, entry.prev_hash, entry.command_id,
-              entry.reply)
-    if stored != signed or any(r.epoch != entry.epoch or r.at_ms != entry.at_ms for r in group):
-        return f"seq {group[0].seq}: the stored events are not the ones their writer signed"
+    stored = {"events": [r.payload for r in group], "first seq": group[0].seq, "previous hash": group[0].prev_hash,
+              "command id": last.command_id, "reply": last.reply, "epochs": {r.epoch for r in group},
+              "times": {r.at_ms for r in group}}
+    signed = {"events": [e.model_dump(mode="json") for e in events], "first seq": entry.expected_seq,
+              "previous hash": entry.prev_hash, "command id": entry.command_id, "reply": entry.reply,
+              "epochs": {entry.epoch}, "times": {entry.at_ms}}
+    if isinstance(events[0], ev.EpochStarted):
+        # An announcement takes effect wherever it lands in the log (that is what fences the old primary):
+        # it names the place its writer had seen, not the one it is stored at.
+        del stored["first seq"], stored["previous hash"], signed["first seq"], signed["previous hash"]
+    differ = [k for k in stored if stored[k] != signed[k]]
+    if differ:
+        return (f"seq {group[0].seq}: the stored events are not the ones their writer signed "
+                f"({', '.join(differ)} differ; {len(group)} rows against {len(events)} signed events)")
     problem = entry_problem(before, entry.command_id, entry.command, entry.at_ms, events, operator_key)
     return f"seq {group[0].seq}: {problem}" if problem is not None else None
 

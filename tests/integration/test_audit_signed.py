@@ -87,3 +87,18 @@ def test_events_with_no_signed_entry_behind_them_are_reported(book: Book, tmp_pa
     store = Store(f"sqlite:///{tmp_path / 'audit.db'}")
     assert audit(store).ok
     store.close()
+
+
+def test_an_announcement_that_landed_after_entries_its_writer_had_not_seen_is_sound(book: Book,
+                                                                                   tmp_path: Path) -> None:
+    # r2 announced from an older view of the log; the announcement still takes effect where it lands.
+    book.certify("r2")
+    stale = book.entry([ev.EpochStarted(epoch=2, replica="r2", roster=book.roster.to_wire() if book.roster else None)],
+                       epoch=2, writer="r2", expected_seq=3, prev_hash="0" * 64)
+    from ledger.log import ACCEPTED
+
+    assert book.fold(stale).verdict == ACCEPTED
+    store = stored(tmp_path, book.rows)
+    report = audit(store, operator_key=book.operator_public)
+    store.close()
+    assert report.ok, report.violations
