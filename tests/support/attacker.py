@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 import zlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -221,7 +222,7 @@ class Attacker:
         self.ch.basic_publish(self.names.status, "", json.dumps(status).encode())
 
 
-class _Racer(threading.Thread):
+class _Racer(threading.Thread, ABC):
     """A thread with its own connection that answers other people's requests."""
 
     def __init__(self, names: Any, url: str, result: Callable[[dict[str, Any]], dict[str, Any]], *,
@@ -268,8 +269,9 @@ class _Racer(threading.Thread):
             with suppress(pika.exceptions.AMQPError, OSError):
                 conn.close()
 
+    @abstractmethod
     def serve(self, conn: Any) -> None:
-        raise NotImplementedError
+        """What the racer does on its connection (each kind of racer says)."""
 
     def stop(self) -> None:
         self.stopping.set()
