@@ -5,7 +5,7 @@ and, once the ledger releases the key, :func:`decrypt_file`. Content crypto
 (segment encryption, manifests, disputes) lives in :mod:`broker.content`.
 """
 
-from peer.transfer.consumer import DownloadResult, Evidence, download, load_download
+from peer.transfer.consumer import DownloadResult, download, load_download
 from peer.transfer.control import TransferControl
 from peer.transfer.decrypt import check_interval, decrypt_file
 from peer.transfer.errors import (
@@ -24,6 +24,7 @@ from peer.transfer.errors import (
     TransferRefused,
     WrongKey,
 )
+from peer.transfer.evidence import Evidence
 from peer.transfer.provider import ProviderServer, SaleGrant, UploadStatus
 from peer.transfer.tls import certificate_login, certificate_public_key, make_certificate
 

@@ -9,16 +9,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Self
+from typing import Self
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.content import (
-    ContentError,
     SignedEntry,
     SignedHeader,
     segment_count_for,
-    verify_header,
 )
 from peer.transfer import protocol
 from peer.transfer.control import TransferControl
@@ -31,6 +29,8 @@ from peer.transfer.errors import (
     TransferCancelled,
     TransferRefused,
 )
+from peer.transfer.evidence import Evidence
+from peer.transfer.expected import Expected
 from peer.transfer.journal import DownloadStore, slot_size
 from peer.transfer.receiver import Receiver
 from peer.transfer.tls import certificate_login, check_peer, client_context, close_quietly
@@ -38,19 +38,6 @@ from peer.transfer.tls import certificate_login, check_peer, client_context, clo
 __all__ = ["DownloadResult", "Evidence", "download", "load_download"]
 
 _COMMIT_BYTES = 32 << 20
-
-
-class Evidence(NamedTuple):
-    """What a dispute about one segment needs; unpacks as ``header, entry, ciphertext``."""
-
-    header: SignedHeader
-    entry: SignedEntry
-    ciphertext: bytes
-
-    @property
-    def segment(self) -> int:
-        """The segment the evidence is about (as the signed entry says)."""
-        return self.entry.entry.index
 
 
 @dataclass(frozen=True)
@@ -148,8 +135,8 @@ def download(
     began = time.monotonic()
     store = DownloadStore(Path(dest_dir), sale_id, size, segment_size)
     try:
-        expected = _Expected(sale_id, doc_id, provider_login, me, size, segment_size, count, merkle_root_hex,
-                             key_commitment, provider_public_key)
+        expected = Expected(sale_id, doc_id, provider_login, me, size, segment_size, count, merkle_root_hex,
+                            key_commitment, provider_public_key)
         if store.complete and store.header is not None:
             expected.check_header(store.header)
             return _result(store, count, resumed_from=count, received=0, nbytes=0, began=began)
@@ -216,46 +203,6 @@ def _result(
     )
 
 
-@dataclass(frozen=True)
-class _Expected:
-    """What the ledger and catalog told us; the provider's header must agree."""
-
-    sale_id: str
-    doc_id: str | None
-    provider: str
-    consumer: str
-    size: int
-    segment_size: int
-    segment_count: int
-    merkle_root: str
-    key_commitment: str | None
-    provider_public_key: bytes
-
-    def check_header(self, signed: SignedHeader) -> None:
-        try:
-            h = verify_header(signed, self.provider_public_key)
-        except ContentError as exc:
-            raise ManifestInvalid(f"manifest header rejected: {exc}") from exc
-        wrong = [
-            f"{name} is {got!r}, expected {want!r}"
-            for name, got, want in (
-                ("sale_id", h.sale_id, self.sale_id),
-                ("provider", h.provider, self.provider),
-                ("consumer", h.consumer, self.consumer),
-                ("size", h.size, self.size),
-                ("segment_size", h.segment_size, self.segment_size),
-                ("segment_count", h.segment_count, self.segment_count),
-                ("merkle_root", h.merkle_root, self.merkle_root),
-                ("doc_id", h.doc_id, self.doc_id if self.doc_id is not None else h.doc_id),
-                ("key_commitment", h.key_commitment,
-                 self.key_commitment if self.key_commitment is not None else h.key_commitment),
-            )
-            if got != want
-        ]
-        if wrong:
-            raise ManifestInvalid("manifest header does not describe this sale: " + "; ".join(wrong))
-
-
 class _Sockets:
     """Every socket object of one session, closed together on exit."""
 
@@ -296,7 +243,7 @@ def _open(
     identity_key: Ed25519PrivateKey,
     cert_pem: bytes,
     provider_cert_pem: bytes,
-    expected: _Expected,
+    expected: Expected,
     store: DownloadStore,
     start: int,
     min_seq: int,

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from peer.transfer.consumer import Evidence
+    from peer.transfer.evidence import Evidence
 
 
 class TransferError(Exception):

@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Self
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -35,6 +34,7 @@ from peer.transfer.errors import (
     TransferRefused,
 )
 from peer.transfer.gate import Arrival, HelloGate, Slots
+from peer.transfer.grant import SaleGrant
 from peer.transfer.source import SegmentSource
 from peer.transfer.tls import check_peer, close_quietly, server_context
 
@@ -46,28 +46,6 @@ _PIPELINE_DEPTH = 4
 _LIMITED_CHUNK = 64 * 1024
 MAX_RECORDS = 512  # finished uploads and refusals kept for the uploads view; live ones are always kept
 _FINAL = ("done", "refused", "failed", "cancelled")
-
-
-@dataclass(frozen=True)
-class SaleGrant:
-    """What ``authorize`` returns for a sale the provider agrees to serve.
-
-    ``key`` and ``key_commitment`` may be left empty by ``authorize`` when the
-    server's ``authenticated`` hook supplies them once the buyer is authenticated.
-    """
-
-    sale_id: str
-    doc_id: str
-    consumer_login: str
-    consumer_cert_pem: bytes
-    consumer_public_key: bytes
-    path: Path
-    segment_size: int
-    key: bytes
-    key_commitment: str
-    commitment: FileCommitment
-    interval_segments: int = 0  # a split sale: each interval under its own key
-    limit: int | None = None  # serve no segment at or beyond this one (unpaid intervals)
 
 
 @dataclass(frozen=True)

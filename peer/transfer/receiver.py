@@ -37,7 +37,7 @@ from peer.transfer.errors import (
 from peer.transfer.journal import DownloadStore, slot_size
 
 if TYPE_CHECKING:
-    from peer.transfer.consumer import _Expected
+    from peer.transfer.expected import Expected
 
 __all__ = ["Receiver"]
 
@@ -53,7 +53,7 @@ class Receiver:
     def __init__(
         self,
         store: DownloadStore,
-        expected: _Expected,
+        expected: Expected,
         control: TransferControl,
         progress: Callable[[int, int], None] | None,
         commit_bytes: int,

@@ -6,16 +6,13 @@ import os
 import queue
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.content import TAG_SIZE, ManifestEntry, MerkleTree, SegmentCipher, ciphertext_hash, sign_entry
 from peer.transfer import protocol
 from peer.transfer.errors import TransferError
-
-if TYPE_CHECKING:
-    from peer.transfer.provider import SaleGrant
+from peer.transfer.grant import SaleGrant
 
 __all__ = ["Frame", "SegmentSource"]
 
