@@ -286,8 +286,9 @@ def _void(state: State, sender: str, cmd: c.VoidSale, ctx: Context) -> Decision:
         sale = _sale_of(state, cmd.sale_id, sender, "consumer", "provider")
     if sale.status != OPEN:
         raise errors.SaleClosed(f"sale {cmd.sale_id} is already {sale.status}")
+    # A split sale keeps what its settled intervals paid: only the rest still held goes back.
     return Decision([ev.SaleVoided(sale_id=sale.sale_id, reason=f"{cmd.reason} by {sender}")],
-                    {"sale_id": sale.sale_id, "released": sale.price})
+                    {"sale_id": sale.sale_id, "released": sale.held})
 
 
 def _dispute(state: State, sender: str, cmd: c.FileDispute, ctx: Context) -> Decision:
