@@ -9,14 +9,16 @@ always add back to the price.
 Interval sales (large files paid as they arrive): the price is split into
 ``n`` whole parts, the first ``price % n`` parts one unit larger
 (:func:`interval_prices`); the fee of interval ``j`` is the fee of everything
-paid up to and including ``j`` less the fee of everything before it
-(:func:`interval_fees`), so the fees of all intervals add up to exactly
-``fee(price, bps)``: paying in parts never costs anyone a rounding unit.
+paid up to and including ``j`` less the fees already charged, and the last
+interval brings them to the fee fixed when the sale opened
+(:func:`interval_fee`, the one place this rule lives), so the fees of all
+intervals add up to exactly ``fee(price, bps)``: paying in parts never costs
+anyone a rounding unit.
 """
 from __future__ import annotations
 
-__all__ = ["fee", "split", "interval_prices", "interval_fees", "format_minor", "parse_minor", "DEFAULT_FEE_BPS",
-           "MAX_FEE_BPS"]
+__all__ = ["fee", "interval_prices", "interval_fee", "interval_fees", "format_minor", "parse_minor",
+           "DEFAULT_FEE_BPS", "MAX_FEE_BPS"]
 
 DEFAULT_FEE_BPS = 100
 MAX_FEE_BPS = 10_000
@@ -31,12 +33,6 @@ def fee(price: int, bps: int) -> int:
     return (price * bps + 5_000) // 10_000
 
 
-def split(price: int, bps: int) -> tuple[int, int]:
-    """``(provider_amount, fee)``: what the provider and the owner receive of ``price``."""
-    f = fee(price, bps)
-    return price - f, f
-
-
 def interval_prices(price: int, n: int) -> list[int]:
     """``price`` split into ``n`` whole parts that add up to it, larger parts first."""
     if n < 1:
@@ -45,14 +41,24 @@ def interval_prices(price: int, n: int) -> list[int]:
     return [base + (1 if j < extra else 0) for j in range(n)]
 
 
+def interval_fee(price: int, n: int, j: int, bps: int, *, charged: int, total: int | None = None) -> int:
+    """The fee of interval ``j`` (from 0) of ``n``: the fee on all paid through ``j`` less ``charged``.
+
+    ``charged`` is what the earlier intervals were charged. The last interval brings the fees to ``total``,
+    the fee fixed when the sale opened (default ``fee(price, bps)``), whatever rate was recorded.
+    """
+    if not 0 <= j < n:
+        raise ValueError(f"interval {j} is not one of the sale's {n}")
+    if j == n - 1:
+        return (fee(price, bps) if total is None else total) - charged
+    return fee(sum(interval_prices(price, n)[:j + 1]), bps) - charged
+
+
 def interval_fees(price: int, n: int, bps: int) -> list[int]:
     """The fee of each interval: cumulative rounding, so they add up to ``fee(price, bps)``."""
-    fees, paid, charged = [], 0, 0
-    for part in interval_prices(price, n):
-        paid += part
-        total = fee(paid, bps)
-        fees.append(total - charged)
-        charged = total
+    fees: list[int] = []
+    for j in range(n):
+        fees.append(interval_fee(price, n, j, bps, charged=sum(fees)))
     return fees
 
 

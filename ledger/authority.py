@@ -36,7 +36,7 @@ from broker import commands as c
 from broker import content, errors
 from broker.codec import canonical
 from broker.envelope import Envelope, open_envelope, verify
-from broker.money import MAX_FEE_BPS, fee, interval_prices
+from broker.money import MAX_FEE_BPS, fee, interval_fee, interval_prices
 from broker.trust import Roster
 from ledger import events as ev
 from ledger.handlers import RESERVED_LOGINS
@@ -264,8 +264,8 @@ def _settle_interval(state: State, sender: str, cmd: c.SettleInterval, e: ev.Int
             or cmd.interval != sale.settled_intervals or not e.consumer_sealed_key):
         return f"interval {cmd.interval} of sale {cmd.sale_id} cannot be settled now"
     price = interval_prices(sale.price, sale.intervals)[cmd.interval]
-    last = cmd.interval == sale.intervals - 1
-    sale_fee = (sale.fee if last else fee(sale.paid + price, sale.fee_bps)) - sale.fee_paid
+    sale_fee = interval_fee(sale.price, sale.intervals, cmd.interval, sale.fee_bps, charged=sale.fee_paid,
+                            total=sale.fee)
     if not at_ms < e.deadline_ms <= at_ms + MAX_HOLD_MS:
         return f"interval {cmd.interval} of sale {cmd.sale_id} moves the deadline to one the ledger does not set"
     return _by(sale.consumer, sender, "settle this sale") or _same(

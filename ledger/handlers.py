@@ -19,7 +19,7 @@ from broker import commands as c
 from broker import content, errors
 from broker.codec import b64d, b64e
 from broker.envelope import Envelope, verify
-from broker.money import MAX_FEE_BPS, fee, format_minor, interval_prices
+from broker.money import MAX_FEE_BPS, fee, format_minor, interval_fee, interval_prices
 from broker.sealing import SealError, escrow_info, open_sealed, release_info, seal_to
 from broker.trust import Roster
 from ledger import events as ev
@@ -262,10 +262,8 @@ def _settle_interval(state: State, sender: str, cmd: c.SettleInterval, ctx: Cont
                                 f"{sale.settled_intervals + 1} of {sale.intervals}")
     j = cmd.interval
     price = interval_prices(sale.price, sale.intervals)[j]
-    # Fees by cumulative rounding: all intervals together cost exactly the fee fixed at opening.
     paid_after = sale.paid + price
-    last = j == sale.intervals - 1
-    sale_fee = (sale.fee if last else fee(paid_after, sale.fee_bps)) - sale.fee_paid
+    sale_fee = interval_fee(sale.price, sale.intervals, j, sale.fee_bps, charged=sale.fee_paid, total=sale.fee)
     consumer = state.users[sale.consumer]
     k = content.interval_key(key, sale.sale_id, j)
     sealed = b64e(seal_to(bytes.fromhex(consumer.box_key), k, release_info(sale.sale_id, j)))

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from broker.money import MAX_FEE_BPS, fee, format_minor, parse_minor, split
+from broker.money import MAX_FEE_BPS, fee, format_minor, interval_fee, interval_fees, interval_prices, parse_minor
 
 
 @pytest.mark.parametrize(
@@ -26,18 +28,41 @@ def test_fee_rounds_half_up(price: int, bps: int, expected: int) -> None:
     assert fee(price, bps) == expected
 
 
-@pytest.mark.parametrize("price", [0, 1, 49, 50, 99, 1250, 10_001, 987_654_321])
-@pytest.mark.parametrize("bps", [0, 1, 100, 250, 9_999, MAX_FEE_BPS])
-def test_split_adds_back_to_the_price(price: int, bps: int) -> None:
-    provider, commission = split(price, bps)
-    assert provider + commission == price
-    assert commission == fee(price, bps)
-    assert 0 <= commission <= price
-
-
 def test_zero_bps_takes_nothing_and_full_bps_takes_everything() -> None:
-    assert split(1234, 0) == (1234, 0)
-    assert split(1234, MAX_FEE_BPS) == (0, 1234)
+    assert fee(1234, 0) == 0
+    assert fee(1234, MAX_FEE_BPS) == 1234
+
+
+# -- interval sales: one cumulative rule ---------------------------------------------------------
+
+def test_each_interval_pays_the_fee_on_all_paid_so_far_less_what_was_charged() -> None:
+    # 1250 at 1% in 3 parts: 417, 417, 416; fees on 417, 834, 1250 are 4, 8, 13.
+    assert interval_fee(1250, 3, 0, 100, charged=0) == 4
+    assert interval_fee(1250, 3, 1, 100, charged=4) == 4
+    assert interval_fee(1250, 3, 2, 100, charged=8) == 5
+
+
+def test_the_last_interval_brings_the_fees_to_the_total_fixed_at_opening() -> None:
+    # A sale whose rate was not recorded (0) still owes the fee it was opened with: the last part carries it.
+    assert interval_fee(1250, 3, 0, 0, charged=0, total=13) == 0
+    assert interval_fee(1250, 3, 2, 0, charged=0, total=13) == 13
+
+
+@pytest.mark.parametrize("j", [-1, 3])
+def test_an_interval_outside_the_sale_is_refused(j: int) -> None:
+    with pytest.raises(ValueError):
+        interval_fee(1250, 3, j, 100, charged=0)
+
+
+@given(price=st.integers(1, 10**9), n=st.integers(1, 64), bps=st.integers(0, MAX_FEE_BPS))
+def test_paying_interval_by_interval_costs_exactly_the_whole_fee(price: int, n: int, bps: int) -> None:
+    charged, fees = 0, []
+    for j in range(n):
+        fees.append(interval_fee(price, n, j, bps, charged=charged))
+        charged += fees[-1]
+    assert fees == interval_fees(price, n, bps)
+    assert charged == fee(price, bps)
+    assert all(0 <= f <= p for f, p in zip(fees, interval_prices(price, n)))
 
 
 @pytest.mark.parametrize(("price", "bps"), [(-1, 100), (100, -1), (100, MAX_FEE_BPS + 1)])
