@@ -14,7 +14,7 @@
         ├── BadSignature, StaleCommand, UnknownUser, DuplicateRegistration,
         ├── NotAuthorized, BadAmount, BadPrice, UnknownDocument, OwnDocument,
         ├── PriceChanged, InsufficientFunds, UnknownSale, NotYourSale,
-        ├── SaleClosed, KeyNotEscrowed, BadEscrow, DisputeRejected, ...
+        ├── SaleClosed, KeyNotEscrowed, BadEscrow, ...
         └── RemoteError              a code this side does not know
 
 A reply carries ``{"code": ..., "message": ...}``; :func:`rejection` turns it
@@ -133,7 +133,6 @@ NotYourSale = _code("not_your_sale", "The sale belongs to other parties.")
 SaleClosed = _code("sale_closed", "The sale is already settled, voided or refunded.")
 KeyNotEscrowed = _code("key_not_escrowed", "The provider has not escrowed the key yet.")
 BadEscrow = _code("bad_escrow", "The escrowed key does not open or does not match its commitment.")
-DisputeRejected = _code("dispute_rejected", "The evidence does not show the provider cheated.")
 BadChallenge = _code("bad_challenge", "The login challenge is invalid, expired or wrongly signed.")
 Lagging = _code("lagging", "The replica has not yet applied the requested sequence.")
 UnknownQuery = _code("unknown_query", "No such read query.")
