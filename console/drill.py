@@ -237,7 +237,7 @@ def _drill(roles: Any, replicas: int, rounds: int, *, clients: int, faults: tupl
                                  daemon=True)
             t.start()
             threads.append(t)
-        round_reports = []
+        round_reports: list[dict[str, Any]] = []
         for n in range(rounds):
             time.sleep(round_seconds)
             fault = faults[n % len(faults)]
@@ -252,6 +252,7 @@ def _drill(roles: Any, replicas: int, rounds: int, *, clients: int, faults: tupl
             strike = time.monotonic()
             if fault == "kill":
                 victim.signal(signal.SIGKILL)
+                assert victim.proc is not None
                 victim.proc.wait()
             elif fault == "pause":
                 victim.signal(signal.SIGSTOP)
