@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.e2e.conftest import ACB, Cluster
+from tests.support.cluster import ACB, Cluster
 
 
 def _free_port() -> int:

@@ -17,7 +17,7 @@ from console.drill import drill
 from console.netns import netns_available
 from ledger.keys import load_operator_key
 from peer.client import Client
-from tests.e2e.conftest import Cluster
+from tests.support.cluster import Cluster
 
 
 def _check(report: dict[str, Any]) -> None:

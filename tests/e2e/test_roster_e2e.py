@@ -7,7 +7,7 @@ from broker import commands as c
 from broker.client import BrokerClient
 from ledger.keys import load_operator_key
 from peer.client import Client
-from tests.e2e.conftest import Cluster
+from tests.support.cluster import Cluster
 
 
 def test_a_removed_replica_stops_and_the_others_go_on(cluster: Cluster) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from console.netns import NetnsLink, netns_available
-from tests.e2e.conftest import ACB, Cluster
+from tests.support.cluster import ACB, Cluster
 
 ALICE = {"ACB_USER": "alice", "ACB_PASSWORD": "alice-secret-1"}
 BOB = {"ACB_USER": "bob", "ACB_PASSWORD": "bob-secret-12", "ACB_IO_TIMEOUT": "3"}

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import ACB, Cluster
+from tests.support.cluster import ACB, Cluster
 
 ALICE = {"ACB_USER": "alice", "ACB_PASSWORD": "alice-secret-1"}
 BOB = {"ACB_USER": "bob", "ACB_PASSWORD": "bob-secret-12"}

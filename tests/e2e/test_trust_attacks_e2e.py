@@ -19,7 +19,7 @@ from broker.envelope import new_id
 from ledger import events as ev
 from ledger.keys import load_operator_key
 from peer.client import Client
-from tests.e2e.conftest import Cluster
+from tests.support.cluster import Cluster
 from tests.support.attacker import Attacker, Forger
 
 pytestmark = pytest.mark.timeout(180)
