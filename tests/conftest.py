@@ -289,7 +289,7 @@ def book() -> Book:
 
 
 @pytest.fixture
-def market(book: Book) -> Book:
+def stocked_book(book: Book) -> Book:
     """alice publishes doc-1 at 1000; bob holds 5000; carol holds 300."""
     for login in ("alice", "bob", "carol"):
         book.register(login)

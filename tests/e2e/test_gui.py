@@ -61,7 +61,9 @@ def _free_port() -> int:
 
 
 @dataclass
-class Market:
+class GuiMarket:
+    """The module's replica and its settings, and alice's published document (users as the module docstring says)."""
+
     settings: Settings
     replica: Replica
     doc_id: str
@@ -71,7 +73,8 @@ class Market:
 
 
 @pytest.fixture(scope="module")
-def market() -> Iterator[Market]:
+def gui_market() -> Iterator[GuiMarket]:
+    """One replica on a private prefix for the whole module, with alice, bob and carol registered."""
     work = Path(tempfile.mkdtemp(prefix="acb-gui-"))
     init_system(work)
     names = Names(f"gui-{uuid.uuid4().hex[:8]}")
@@ -108,7 +111,7 @@ def market() -> Iterator[Market]:
         alice.share(doc, price=499, topic="notes", title="Replication notes", endpoint=endpoint)
         shots = Path(os.environ.get("ACB_SCREENSHOT_DIR") or work / "shots")
         shots.mkdir(parents=True, exist_ok=True)
-        yield Market(Settings(work, AMQP_URL, names, replica_url=AMQP_URL, operator_url=AMQP_URL), replica,
+        yield GuiMarket(Settings(work, AMQP_URL, names, replica_url=AMQP_URL, operator_url=AMQP_URL), replica,
                      shared["doc_id"], doc, endpoint, shots)
     finally:
         patch.undo()
@@ -121,10 +124,10 @@ def market() -> Iterator[Market]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _desktop(qtbot, market: Market, login: str, tmp_path: Path) -> MainWindow:  # type: ignore[no-untyped-def]
+def _desktop(qtbot, gui_market: GuiMarket, login: str, tmp_path: Path) -> MainWindow:  # type: ignore[no-untyped-def]
     runner = Runner()
-    session = Session(market.settings, Profile(market.settings.home, login).session())
-    window = build_window(session, runner, download_dir=tmp_path / login, endpoint=market.endpoint)
+    session = Session(gui_market.settings, Profile(gui_market.settings.home, login).session())
+    window = build_window(session, runner, download_dir=tmp_path / login, endpoint=gui_market.endpoint)
     window.confirm_actions = False
     qtbot.addWidget(window)
     window.show()
@@ -149,9 +152,9 @@ def _shoot(widget: QWidget, path: Path) -> None:
     assert image.width() >= 900 and image.height() >= 600, f"{path} looks empty"
 
 
-def test_login_dialog_unlocks_keys_locally(qtbot, market: Market) -> None:  # type: ignore[no-untyped-def]
+def test_login_dialog_unlocks_keys_locally(qtbot, gui_market: GuiMarket) -> None:  # type: ignore[no-untyped-def]
     runner = Runner()
-    session = Session(market.settings)
+    session = Session(gui_market.settings)
     dialog = LoginDialog(session, runner)
     qtbot.addWidget(dialog)
     assert dialog.password.echoMode() == dialog.password.EchoMode.Password
@@ -171,13 +174,13 @@ def test_login_dialog_unlocks_keys_locally(qtbot, market: Market) -> None:  # ty
     runner.shutdown()
 
 
-def test_search_shows_the_published_document(qtbot, market: Market, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    window = _desktop(qtbot, market, "bob", tmp_path)
+def test_search_shows_the_published_document(qtbot, gui_market: GuiMarket, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    window = _desktop(qtbot, gui_market, "bob", tmp_path)
     titles = _texts(window.hits, 0)
     assert "Access control and billing report" in titles and "Replication notes" in titles
     row = titles.index("Access control and billing report")
     assert [window.hits.index(row, col).data() for col in range(6)] == [
-        "Access control and billing report", "reports", "alice", "12.50", "293.0 KiB", market.doc_id]
+        "Access control and billing report", "reports", "alice", "12.50", "293.0 KiB", gui_market.doc_id]
 
     panel = window.search_panel
     panel.query.setText("billing")
@@ -201,8 +204,8 @@ def test_search_shows_the_published_document(qtbot, market: Market, tmp_path: Pa
     _close(window, window.runner)
 
 
-def test_account_tab_shows_deposit_and_flows(qtbot, market: Market, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    window = _desktop(qtbot, market, "bob", tmp_path)
+def test_account_tab_shows_deposit_and_flows(qtbot, gui_market: GuiMarket, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    window = _desktop(qtbot, gui_market, "bob", tmp_path)
     panel = window.account_panel
     assert panel.available.text() == "100.00"
     assert panel.held.text() == "0.00"
@@ -216,13 +219,13 @@ def test_account_tab_shows_deposit_and_flows(qtbot, market: Market, tmp_path: Pa
     _close(window, window.runner)
 
 
-def test_share_tab_lists_my_documents_and_reprices(qtbot, market: Market, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    window = _desktop(qtbot, market, "alice", tmp_path)
+def test_share_tab_lists_my_documents_and_reprices(qtbot, gui_market: GuiMarket, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    window = _desktop(qtbot, gui_market, "alice", tmp_path)
     panel = window.share_panel
     assert sorted(_texts(window.mine, 0)) == ["Access control and billing report", "Replication notes"]
 
     # A bad form says why, without a round trip.
-    panel.path.setText(str(market.doc_path))
+    panel.path.setText(str(gui_market.doc_path))
     panel.title.setText("Draft")
     panel.topic.setText("drafts")
     panel.price.setText("1.234")
@@ -245,22 +248,22 @@ def test_share_tab_lists_my_documents_and_reprices(qtbot, market: Market, tmp_pa
     assert "Draft" not in _texts(window.mine, 0)
 
     # Repricing to nothing is refused by the ledger, and the refusal keeps its code.
-    report = next(h for h in window.state.mine if h.doc_id == market.doc_id)
+    report = next(h for h in window.state.mine if h.doc_id == gui_market.doc_id)
     window.change_price(report, 0)
     qtbot.waitUntil(lambda: window.last_error != "an amount has at most two decimals: '1.234'", timeout=WAIT_MS)
     assert window.last_error.startswith("bad_price: ")
     _close(window, window.runner)
 
 
-def test_buy_runs_in_the_background_with_progress(qtbot, market: Market, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    alice = _desktop(qtbot, market, "alice", tmp_path)
+def test_buy_runs_in_the_background_with_progress(qtbot, gui_market: GuiMarket, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    alice = _desktop(qtbot, gui_market, "alice", tmp_path)
     alice.share_panel.serve_button.click()  # serve on the endpoint the documents were published with
     assert alice.service is not None
-    assert alice.share_panel.serving.text() == f"Serving 2 documents to buyers on {market.endpoint}."
+    assert alice.share_panel.serving.text() == f"Serving 2 documents to buyers on {gui_market.endpoint}."
 
-    bob = _desktop(qtbot, market, "bob", tmp_path)
+    bob = _desktop(qtbot, gui_market, "bob", tmp_path)
     panel = bob.search_panel
-    row = _texts(bob.hits, 5).index(market.doc_id)
+    row = _texts(bob.hits, 5).index(gui_market.doc_id)
     panel.table.selectRow(panel.table.model().mapFromSource(bob.hits.index(row, 0)).row())
     panel.buy_button.click()
     assert bob.tabs.currentWidget() is bob.downloads_panel
@@ -269,7 +272,7 @@ def test_buy_runs_in_the_background_with_progress(qtbot, market: Market, tmp_pat
     assert download.state == "done", download.message
     assert [bob.downloads.index(0, col).data() for col in (0, 1, 2)] == [
         "Access control and billing report", "done", "100%"]
-    assert hashlib.sha256(download.dest.read_bytes()).digest() == hashlib.sha256(market.doc_path.read_bytes()).digest()
+    assert hashlib.sha256(download.dest.read_bytes()).digest() == hashlib.sha256(gui_market.doc_path.read_bytes()).digest()
     assert "decrypted and verified" in bob.downloads_panel.steps.text()
 
     qtbot.waitUntil(lambda: bob.account_panel.available.text() == "87.50", timeout=WAIT_MS)
@@ -281,15 +284,15 @@ def test_buy_runs_in_the_background_with_progress(qtbot, market: Market, tmp_pat
 
     # Screenshots with real data: the search results, the finished download, the account.
     bob.tabs.setCurrentWidget(bob.search_panel)
-    _shoot(bob, market.shots / "desktop.png")
+    _shoot(bob, gui_market.shots / "desktop.png")
     bob.tabs.setCurrentWidget(bob.downloads_panel)
-    _shoot(bob, market.shots / "desktop-downloads.png")
+    _shoot(bob, gui_market.shots / "desktop-downloads.png")
     bob.tabs.setCurrentWidget(bob.account_panel)
-    _shoot(bob, market.shots / "desktop-account.png")
+    _shoot(bob, gui_market.shots / "desktop-account.png")
     alice.refresh_account()
     qtbot.waitUntil(lambda: alice.account_panel.available.text() == "12.37", timeout=WAIT_MS)
     alice.tabs.setCurrentWidget(alice.share_panel)
-    _shoot(alice, market.shots / "desktop-share.png")
+    _shoot(alice, gui_market.shots / "desktop-share.png")
 
     alice.share_panel.serve_button.click()
     assert alice.service is None
@@ -297,8 +300,8 @@ def test_buy_runs_in_the_background_with_progress(qtbot, market: Market, tmp_pat
     _close(alice, alice.runner)
 
 
-def test_a_failed_download_can_be_cancelled_or_retried(qtbot, market: Market, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    bob = _desktop(qtbot, market, "bob", tmp_path)
+def test_a_failed_download_can_be_cancelled_or_retried(qtbot, gui_market: GuiMarket, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bob = _desktop(qtbot, gui_market, "bob", tmp_path)
     notes = next(h for h in bob.state.hits if h.title == "Replication notes")
     panel = bob.downloads_panel
 
@@ -320,7 +323,7 @@ def test_a_failed_download_can_be_cancelled_or_retried(qtbot, market: Market, tm
     # Fails again; once alice serves, Retry resumes the same sale instead of opening another.
     second = bob.buy(notes)
     qtbot.waitUntil(lambda: second.state == "failed", timeout=WAIT_MS)
-    alice = _desktop(qtbot, market, "alice", tmp_path)
+    alice = _desktop(qtbot, gui_market, "alice", tmp_path)
     alice.set_serving(True)
     panel.table.selectRow(1)
     panel.retry_button.click()
@@ -335,9 +338,9 @@ def test_a_failed_download_can_be_cancelled_or_retried(qtbot, market: Market, tm
     _close(alice, alice.runner)
 
 
-def test_a_refused_purchase_shows_the_coded_error(qtbot, market: Market, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    carol = _desktop(qtbot, market, "carol", tmp_path)
-    hit = next(h for h in carol.state.hits if h.doc_id == market.doc_id)
+def test_a_refused_purchase_shows_the_coded_error(qtbot, gui_market: GuiMarket, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    carol = _desktop(qtbot, gui_market, "carol", tmp_path)
+    hit = next(h for h in carol.state.hits if h.doc_id == gui_market.doc_id)
     download = carol.buy(hit)
     qtbot.waitUntil(lambda: download.state == "failed", timeout=WAIT_MS)
     assert download.message.startswith("insufficient_funds: ")
@@ -346,8 +349,8 @@ def test_a_refused_purchase_shows_the_coded_error(qtbot, market: Market, tmp_pat
     _close(carol, carol.runner)
 
 
-def _console(qtbot, market: Market) -> ConsoleWindow:  # type: ignore[no-untyped-def]
-    window = build_console(market.settings, Runner())
+def _console(qtbot, gui_market: GuiMarket) -> ConsoleWindow:  # type: ignore[no-untyped-def]
+    window = build_console(gui_market.settings, Runner())
     qtbot.addWidget(window)
     window.show()
     with qtbot.waitSignal(window.loaded, timeout=WAIT_MS):
@@ -355,13 +358,13 @@ def _console(qtbot, market: Market) -> ConsoleWindow:  # type: ignore[no-untyped
     return window
 
 
-def test_console_shows_the_replica_dead_letters_and_operates(qtbot, market: Market) -> None:  # type: ignore[no-untyped-def]
+def test_console_shows_the_replica_dead_letters_and_operates(qtbot, gui_market: GuiMarket) -> None:  # type: ignore[no-untyped-def]
     # A command signed with a key that is not the operator's is dead-lettered with its reason.
-    with BrokerClient(AMQP_URL, market.settings.names) as broker, pytest.raises(BadSignature):
-        Client(broker, market.settings.home).send(c.Deposit(account="carol", amount=1), sender=c.OPERATOR,
+    with BrokerClient(AMQP_URL, gui_market.settings.names) as broker, pytest.raises(BadSignature):
+        Client(broker, gui_market.settings.home).send(c.Deposit(account="carol", amount=1), sender=c.OPERATOR,
                                                   key=Ed25519PrivateKey.generate())
 
-    window = _console(qtbot, market)
+    window = _console(qtbot, gui_market)
     model = window.replicas
     assert model.rowCount() == 1
     assert [model.index(0, col).data() for col in (0, 1, 2)] == ["gui-r1", "primary", "1"]
@@ -391,14 +394,14 @@ def test_console_shows_the_replica_dead_letters_and_operates(qtbot, market: Mark
     window.fee_bps.setValue(150)
     window.fee_button.click()
     qtbot.waitUntil(lambda: window.fee_now.text() == "150 bps (1.50%)", timeout=WAIT_MS)
-    with BrokerClient(AMQP_URL, market.settings.names) as broker:
-        assert Client(broker, market.settings.home).ask(q.LedgerInfo(), signed=False)["fee_bps"] == 150
+    with BrokerClient(AMQP_URL, gui_market.settings.names) as broker:
+        assert Client(broker, gui_market.settings.home).ask(q.LedgerInfo(), signed=False)["fee_bps"] == 150
 
     window.account.setText("owner")
     window.lookup_button.click()
     # The commissions of the two sales: 12.50 and 4.99 at 1% (0.125 and 0.0499, each rounded half up).
     qtbot.waitUntil(lambda: "available <b>0.18</b>" in window.balance.text(), timeout=WAIT_MS)
-    _shoot(window, market.shots / "console.png")
+    _shoot(window, gui_market.shots / "console.png")
 
     window.deposit_login.setText("nobody")
     window.deposit_amount.setText("1.00")

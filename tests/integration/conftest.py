@@ -1,7 +1,7 @@
 """Fixtures of the transfer tests: a published document with its sales, and its provider serving it.
 
-(``market`` here is the transfer tests' market of peers, not the in-memory ledger
-of the same name in tests/conftest.py, which no integration test uses.)
+``market`` is the transfer tests' market of peers (:class:`tests.support.market.Market`); the
+in-memory ledger with a document for sale is ``stocked_book`` in tests/conftest.py.
 """
 from __future__ import annotations
 
@@ -11,15 +11,17 @@ from pathlib import Path
 import pytest
 
 from peer.transfer import ProviderServer
-from tests.integration.test_transfer_support import Market
+from tests.support.market import Market
 
 
 @pytest.fixture
 def market(tmp_path: Path) -> Market:
+    """alice, bob and carol, and alice's document of a little over five segments, with no sale yet."""
     return Market(tmp_path)
 
 
 @pytest.fixture
 def running(market: Market) -> Iterator[ProviderServer]:
+    """alice's provider serving ``market``'s document on a free port of 127.0.0.1."""
     with market.server() as server:
         yield server

@@ -38,7 +38,8 @@ from peer.transfer import (
 )
 from peer.transfer.source import Frame, SegmentSource
 from peer.transfer.tls import client_context
-from tests.integration.test_transfer_support import SEG, Market, User, wait_for
+from tests.support.market import SEG, Market, User
+from tests.support.waiting import wait_for
 
 
 def _read_all(sock: socket.socket) -> bytes:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from peer.transfer import ManifestInvalid, ProviderServer, decrypt_file
-from tests.integration.test_transfer_support import SEG, Market
+from tests.support.market import SEG, Market
 
 
 class Relay:

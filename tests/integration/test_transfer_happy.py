@@ -17,7 +17,8 @@ from peer.transfer import (
     decrypt_file,
     load_download,
 )
-from tests.integration.test_transfer_support import Market, wait_for
+from tests.support.market import Market
+from tests.support.waiting import wait_for
 
 
 def _decrypt(market: Market, result: DownloadResult, key: bytes, out: Path) -> bytes:

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from broker.content import interval_key
 from peer.transfer import ContentMismatch, ProviderServer, SaleGrant, TransferRefused, check_interval, decrypt_file
-from tests.integration.test_transfer_support import Market
+from tests.support.market import Market
 
 EVERY = 2  # segments per interval; the market's document has 6 segments -> 3 intervals
 
@@ -24,14 +25,21 @@ class SplitMarket(Market):
 
 
 @pytest.fixture
-def market(tmp_path: Path) -> SplitMarket:
+def split_market(tmp_path: Path) -> SplitMarket:
     m = SplitMarket(tmp_path)
     m.paid = {}
     return m
 
 
-def test_interval_by_interval_download_check_and_decrypt(market: SplitMarket, running: ProviderServer,
+@pytest.fixture
+def split_running(split_market: SplitMarket) -> Iterator[ProviderServer]:
+    with split_market.server() as server:
+        yield server
+
+
+def test_interval_by_interval_download_check_and_decrypt(split_market: SplitMarket, split_running: ProviderServer,
                                                          tmp_path: Path) -> None:
+    market, running = split_market, split_running
     key = market.sell("s-split")
     dest = tmp_path / "dl"
     keys: dict[int, bytes] = {}

@@ -17,7 +17,8 @@ from peer.transfer import (
     decrypt_file,
 )
 from peer.transfer.journal import slot_size
-from tests.integration.test_transfer_support import SEG, Market, progress_hook, wait_for
+from tests.support.market import SEG, Market, progress_hook
+from tests.support.waiting import wait_for
 
 _REC = struct.Struct(">BI")
 HEADER, ENTRY, COMMIT, COMPLETE = 1, 2, 3, 4

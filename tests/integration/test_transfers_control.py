@@ -4,7 +4,7 @@ Pause stops the bytes, resume continues them, cancel ends the upload while the
 buyer keeps what it stored, a limit bounds the throughput and priorities split
 a shared limit. The provider is a real :class:`ProviderServer` with the
 :class:`UploadManager` of `acb serve`; only the ledger is stood in for (see
-test_transfer_support), except in the last test, which buys through a real one.
+tests/support/market.py), except in the last test, which buys through a real one.
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from peer.identity import Profile
 from peer.serve import UploadManager
 from peer.transfer import DownloadResult, ProviderServer, TransferError, decrypt_file
 from peer.transfers import ControlServer, NoServe, ServeRunning, control_request, list_downloads, socket_path
-from tests.integration.test_transfer_support import SEG, Market, wait_for
+from tests.support.market import SEG, Market
+from tests.support.waiting import wait_for
 
 
 @dataclass

@@ -12,7 +12,7 @@ from broker.money import fee, interval_fees, interval_prices
 from broker.sealing import open_sealed, release_info
 from ledger.model import OPEN, REFUNDED, SETTLED, VOIDED, invariant_violations
 from tests.conftest import SEGMENT, Book
-from tests.unit.test_handlers import refused
+from tests.support.refusals import refused
 
 # -- the money rule ------------------------------------------------------------------------------
 

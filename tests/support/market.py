@@ -1,13 +1,13 @@
-"""Shared pieces for the test_transfer_* modules (this module holds no tests).
+"""A market of peers for the transfer tests: users, one published document and its sales.
 
 Real sockets on 127.0.0.1, real TLS, real files; the only stand-in is the
-ledger, whose role here is just to say which user bought which sale.
+ledger, whose role here is just to say which user bought which sale. The
+``market`` fixture of tests/integration/conftest.py builds one per test.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,8 @@ from peer.transfer import (
 )
 from peer.transfer.tls import certificate_public_key
 
+__all__ = ["SEG", "Market", "User", "progress_hook"]
+
 SEG = 64 * 1024
 
 
@@ -39,10 +41,12 @@ class User:
 
     @property
     def public(self) -> bytes:
+        """The raw Ed25519 public key inside the certificate."""
         return certificate_public_key(self.cert)
 
     @classmethod
     def make(cls, login: str) -> User:
+        """A fresh key and its self-signed certificate for ``login``."""
         key = Ed25519PrivateKey.generate()
         return cls(login, key, make_certificate(key, login))
 
@@ -71,9 +75,11 @@ class Market:
         return key
 
     def user(self, login: str) -> User:
+        """The market's user called ``login``."""
         return next(u for u in (self.provider, self.consumer, self.other) if u.login == login)
 
     def authorize(self, sale_id: str, min_seq: int) -> SaleGrant:
+        """What the ledger would grant the provider for ``sale_id`` (the provider's authorize hook)."""
         if sale_id not in self.sales:
             raise TransferRefused(f"sale {sale_id} is unknown to the ledger")
         buyer, key = self.sales[sale_id]
@@ -85,10 +91,12 @@ class Market:
         )
 
     def server(self, cls: type[ProviderServer] = ProviderServer, **kw: Any) -> ProviderServer:
+        """alice's provider server for the document; start it, or enter it as a context manager."""
         return cls(self.provider.key, self.provider.login, self.provider.cert, self.authorize, **kw)
 
     def download(self, server: ProviderServer, sale_id: str, dest: Path, *, as_user: User | None = None,
                  provider_cert: bytes | None = None, **kw: Any) -> DownloadResult:
+        """Download ``sale_id`` from ``server`` as bob (or ``as_user``) into ``dest``."""
         me = as_user or self.consumer
         return download(
             host="127.0.0.1", port=server.port, identity_key=me.key, cert_pem=me.cert, sale_id=sale_id,
@@ -110,13 +118,3 @@ def progress_hook(when: Callable[[int, int], bool], action: Callable[[], None]) 
 
     return hook
 
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` passes; the provider records states
-    on its own threads, just after the consumer has already seen the outcome."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
