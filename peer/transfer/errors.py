@@ -20,10 +20,7 @@ Errors of ``ssl`` and ``socket`` are converted to these at the boundary.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from peer.transfer.evidence import Evidence
+from peer.transfer.evidence import Evidence
 
 
 class TransferError(Exception):

@@ -16,7 +16,6 @@ import queue
 import socket
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -34,10 +33,8 @@ from peer.transfer.errors import (
     TransferCancelled,
     TransferError,
 )
+from peer.transfer.expected import Expected
 from peer.transfer.journal import DownloadStore, slot_size
-
-if TYPE_CHECKING:
-    from peer.transfer.expected import Expected
 
 __all__ = ["Receiver"]
 
