@@ -136,6 +136,29 @@ ensure_project_installed() {
     echo "$want" >"$STAMP"
 }
 
+# The system libraries PySide6's wheels load but do not ship (found with ldd on its Qt libraries
+# and platform plugins): without them pytest-qt fails to import Qt and no test runs. The first
+# line is enough offscreen (the tests); the rest serve a real display (xcb, wayland).
+QT_LIBS=(
+    libglib2.0-0 libgl1 libegl1 libopengl0 libdbus-1-3 libfontconfig1 libfreetype6 libxkbcommon0 libgssapi-krb5-2
+    libx11-6 libx11-xcb1 libxcb1 libxkbcommon-x11-0 libxcb-cursor0 libxcb-glx0 libxcb-icccm4 libxcb-image0
+    libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-render0 libxcb-shape0 libxcb-shm0 libxcb-sync1
+    libxcb-util1 libxcb-xfixes0 libxcb-xinerama0 libxcb-xkb1 libwayland-client0 libwayland-cursor0
+    libwayland-egl1 libdrm2
+)
+
+ensure_qt_libraries() {
+    local missing
+    # One dpkg-query for all: a package dpkg does not know prints nothing, hence the comparison.
+    missing=$({ dpkg-query -W -f='${Package} ${db:Status-Status}\n' "${QT_LIBS[@]}" 2>/dev/null || true; } |
+        awk '$2 == "installed" {print $1}' | sort | comm -13 - <(printf '%s\n' "${QT_LIBS[@]}" | sort))
+    if [[ -z "$missing" ]]; then
+        return 0
+    fi
+    # shellcheck disable=SC2086 # one package a word
+    apt_install $missing || die "could not install the libraries Qt needs: $missing"
+}
+
 # Prints "host port" of an amqp(s):// URL.
 broker_address() {
     "$VENV/bin/python" - "$BROKER_URL" <<'EOF'
@@ -468,6 +491,7 @@ main() {
     ensure_python
     ensure_venv
     ensure_project_installed
+    ensure_qt_libraries
     ensure_broker
     if broker_is_local; then
         ensure_management
