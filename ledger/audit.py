@@ -67,7 +67,7 @@ def _entry_violation(before: State, group: list[Any], operator_key: bytes) -> st
     """What is wrong with the stored rows of one entry, checked against the entry its writer signed."""
     last = group[-1]
     try:
-        entry = LogEntry.model_validate(last.entry)
+        entry = LogEntry.from_wire(last.entry)
         events = [parse_event(e) for e in entry.events]
     except ValueError as exc:
         return f"seq {last.seq}: the stored signed entry does not parse: {str(exc)[:200]}"
@@ -79,7 +79,7 @@ def _entry_violation(before: State, group: list[Any], operator_key: bytes) -> st
     stored = {"events": [r.payload for r in group], "first seq": group[0].seq, "previous hash": group[0].prev_hash,
               "command id": last.command_id, "reply": last.reply, "epochs": {r.epoch for r in group},
               "times": {r.at_ms for r in group}}
-    signed = {"events": [e.model_dump(mode="json") for e in events], "first seq": entry.expected_seq,
+    signed = {"events": list(entry.events), "first seq": entry.expected_seq,
               "previous hash": entry.prev_hash, "command id": entry.command_id, "reply": entry.reply,
               "epochs": {entry.epoch}, "times": {entry.at_ms}}
     if isinstance(events[0], ev.EpochStarted):

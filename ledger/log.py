@@ -24,7 +24,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidatorFunctionWrapHandler, model_validator
 
 from broker import errors
 from broker.codec import canonical
@@ -42,6 +42,13 @@ ACCEPTED, IGNORED, HALT = "accepted", "ignored", "halt"
 
 
 class LogEntry(BaseModel):
+    """One entry of the log: the events one command caused, signed by the replica that wrote it.
+
+    The signature covers the entry as its writer wrote it (:meth:`wire`), not as this code would write
+    it again, so an entry of an older writer (a field it did not know, a default it left out) still
+    verifies, and is stored byte for byte as it was signed.
+    """
+
     model_config = ConfigDict(frozen=True, extra="forbid")
     entry_id: str
     epoch: int
@@ -54,19 +61,52 @@ class LogEntry(BaseModel):
     events: list[dict[str, Any]]
     command: dict[str, Any] | None = None  # the user's (or operator's) signed envelope behind the events
     signature: str = ""  # the writer's certified key over everything above (see signing_bytes)
+    # The JSON object this entry was read from, when it was read rather than built here.
+    _written: dict[str, Any] | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_wire(cls, written: dict[str, Any]) -> LogEntry:
+        """The entry read from the JSON object its writer wrote (raises ValueError when it does not parse)."""
+        entry = cls.model_validate(written)
+        entry._written = written
+        return entry
+
+    def wire(self) -> dict[str, Any]:
+        """The entry as its writer wrote it: what the signature covers and what the store keeps."""
+        return self._written if self._written is not None else self.model_dump(mode="json")
 
     def signing_bytes(self) -> bytes:
-        return tagged("log-entry", canonical(self.model_dump(mode="json", exclude={"signature"})))
+        """The bytes the writer's signature is over: the written entry without its signature."""
+        return tagged("log-entry", canonical({k: v for k, v in self.wire().items() if k != "signature"}))
 
     def signed_by(self, key: Ed25519PrivateKey) -> LogEntry:
-        return self.model_copy(update={"signature": key.sign(self.signing_bytes()).hex()})
+        """This entry signed with ``key``."""
+        signature = key.sign(self.signing_bytes()).hex()
+        signed = self.model_copy(update={"signature": signature})
+        if self._written is not None:
+            signed._written = {**self._written, "signature": signature}
+        return signed
 
 
 class LogBatch(BaseModel):
+    """One stream message: entries in the order they are folded."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
     type: str = "log_batch"
     schema_version: int = 1
     entries: list[LogEntry]
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_written(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> LogBatch:
+        # Each entry remembers the object it was read from: its signature is over those bytes.
+        batch: LogBatch = handler(data)
+        raw = data.get("entries") if isinstance(data, dict) else None
+        if isinstance(raw, list):
+            for entry, written in zip(batch.entries, raw, strict=True):
+                if isinstance(written, dict):
+                    entry._written = written
+        return batch
 
 
 @dataclass(frozen=True)
@@ -166,21 +206,29 @@ def fold_entry(state: State, entry: LogEntry, operator_key: bytes,
 def _applied(state: State, entry: LogEntry, events: list[Any]) -> tuple[Outcome, State, list[Row]]:
     rows: list[Row] = []
     first_seq = state.seq + 1
+    written = entry.wire()
     for i, event in enumerate(events):
         last = i == len(events) - 1
         reply = entry.reply if last else None
         command_id = entry.command_id
         seq = state.seq + 1
-        payload = event.model_dump(mode="json")
+        # Hashed and stored as its writer wrote (and signed) it, not as this code would write it again: what
+        # is stored must not depend on the version of the code that stored it.
+        payload = entry.events[i]
         digest = chain_hash(state.head_hash, seq=seq, epoch=entry.epoch, at_ms=entry.at_ms,
                             command_id=command_id, payload=payload, reply=reply)
         # The last row of an entry keeps the whole signed entry, so an audit can check every signature.
-        signed = entry.model_dump(mode="json") if last else None
-        rows.append(Row(seq, entry.epoch, entry.at_ms, command_id, event.type, event.schema_version, payload,
-                        reply, state.head_hash, digest, signed))
+        rows.append(Row(seq, entry.epoch, entry.at_ms, command_id, event.type, _version(payload), payload,
+                        reply, state.head_hash, digest, written if last else None))
         state = apply(state, Record(seq, entry.epoch, entry.at_ms, event, digest, command_id, reply,
                                     command_digest(entry.command)))
     return Outcome(ACCEPTED, first_seq=first_seq, last_seq=state.seq), state, rows
+
+
+def _version(payload: dict[str, Any]) -> int:
+    """The schema version the event was written in (1 when its writer did not say)."""
+    version = payload.get("schema_version", 1)
+    return version if isinstance(version, int) and not isinstance(version, bool) else 1
 
 
 def replay_row(state: State, row: Row) -> State:
