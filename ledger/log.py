@@ -18,8 +18,9 @@ verdict on each entry:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -70,6 +71,13 @@ class LogEntry(BaseModel):
         entry = cls.model_validate(written)
         entry._written = written
         return entry
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy; one with changed fields is no longer the entry that was written, so it forgets that."""
+        copy = super().model_copy(update=update, deep=deep)
+        if update:
+            copy._written = None
+        return copy
 
     def wire(self) -> dict[str, Any]:
         """The entry as its writer wrote it: what the signature covers and what the store keeps."""

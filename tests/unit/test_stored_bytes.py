@@ -115,3 +115,12 @@ def _payloads(store: Store, entry: LogEntry) -> list[bytes]:
         first = entry.expected_seq
         rows = conn.execute(sa.select(EVENTS.c.payload, EVENTS.c.seq).order_by(EVENTS.c.seq)).all()
     return [r.payload for r in rows if first <= r.seq < first + len(entry.events)]
+
+
+def test_an_entry_changed_after_it_was_read_is_no_longer_the_written_one(book: Book) -> None:
+    book.register("bob")
+    entry, written = _as_an_older_writer_wrote_it(book, 100, {"type": "deposited", "account": "bob", "amount": 100})
+    assert entry.wire() == written
+    forged = entry.model_copy(update={"events": [{"type": "deposited", "account": "bob", "amount": 10**6}]})
+    assert forged.wire()["events"][0]["amount"] == 10**6
+    assert book.fold(forged).kind == "bad_signature"
