@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from broker import errors
+from broker.settings import load_environment
 from broker.topology import Names
 
 __all__ = [
@@ -398,7 +399,7 @@ def peer_url_path(home: Path) -> Path:
 
 def read_admin_url(home: Path) -> str:
     """The administrator's management API URL: ``ACB_BROKER_ADMIN_URL``, else ``system/broker-admin.url``."""
-    url = os.environ.get("ACB_BROKER_ADMIN_URL")
+    url = load_environment().broker_admin_url
     if url:
         return url.strip()
     path = admin_url_path(home)
@@ -512,10 +513,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     tls.add_argument("--dir", type=Path, help="default $ACB_HOME/system/tls")
     tls.add_argument("--host", action="append", help="a name or address of the broker (repeatable)")
     args = parser.parse_args(argv)
-    home = Path(os.environ.get("ACB_HOME") or Path.home() / ".acb")
     try:
+        env = load_environment()
+        home = env.home
         if args.cmd == "broker-setup":
-            code = cmd_broker_setup(args, _Home(home, Names(os.environ.get("ACB_PREFIX") or "acb")))
+            code = cmd_broker_setup(args, _Home(home, Names(env.prefix)))
             return code or (_check_streams(args, home) if args.check_streams else 0)
         if args.cmd == "check-admin":
             AdminApi(args.admin_url or read_admin_url(home), timeout=3.0).whoami()

@@ -20,12 +20,10 @@ system's); ``ACB_BROKER_CERT`` and ``ACB_BROKER_KEY`` add a client certificate
 from __future__ import annotations
 
 import logging
-import os
 import random
 import ssl
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pika
@@ -37,6 +35,7 @@ from broker import errors
 from broker import queries as q
 from broker.envelope import Envelope, seal
 from broker.replies import Reply, parse_reply
+from broker.settings import load_environment
 from broker.topology import Names, declare
 from broker.trust import Trust, digest
 
@@ -49,14 +48,14 @@ _NO_LEDGER_PATIENCE = 10.0  # seconds to wait for a replica to create the ledger
 
 def tls_context(url: str) -> ssl.SSLContext:
     """The TLS context for an amqps:// URL: the broker's certificate verified, optionally ours presented."""
-    home = Path(os.environ.get("ACB_HOME") or Path.home() / ".acb")
-    cafile = os.environ.get("ACB_BROKER_CA") or next(
+    env = load_environment()
+    home = env.home
+    cafile = str(env.broker_ca) if env.broker_ca else next(
         (str(p) for p in (home / "system" / "tls" / "ca.pem", home / "broker-ca.pem") if p.exists()), None)
     try:
         context = ssl.create_default_context(cafile=cafile)
-        cert, key = os.environ.get("ACB_BROKER_CERT"), os.environ.get("ACB_BROKER_KEY")
-        if cert:
-            context.load_cert_chain(cert, key or None)
+        if env.broker_cert:
+            context.load_cert_chain(env.broker_cert, env.broker_key or None)
     except (OSError, ssl.SSLError) as exc:
         raise errors.ConfigurationError(f"cannot load the broker's TLS certificates: {exc.strerror or exc}") from exc
     return context

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from broker import errors
 from broker.codec import canonical
+from broker.settings import load_environment
 
 __all__ = ["Roster", "Trust", "sign_roster", "signed", "check_signed", "raw_public", "digest", "tagged",
            "OPERATOR_KEY_ENV"]
@@ -194,7 +195,7 @@ class Trust:
     def load(cls, home: Path) -> Trust:
         """The operator key and roster kept under ``home`` (``system/`` on the operator's and replicas' machines,
         ``operator.pub`` at the top on a peer's)."""
-        key_hex = os.environ.get(OPERATOR_KEY_ENV, "").strip()
+        key_hex = (load_environment().operator_key or "").strip()
         if not key_hex:
             for path in (home / "system" / "operator.pub", home / "operator.pub"):
                 if path.exists():
@@ -226,4 +227,4 @@ class Trust:
 
     @classmethod
     def from_env(cls) -> Trust:
-        return cls.load(Path(os.environ.get("ACB_HOME") or Path.home() / ".acb"))
+        return cls.load(load_environment().home)

@@ -46,7 +46,7 @@ def resolve_store_url(url: str, replica_id: str) -> str:
 def run_replica(args: argparse.Namespace, settings: Any) -> int:
     """Run one replica until stopped; exit 3 if it halted on a broken log."""
     # Stable across restarts of one container (pid 1), distinct for processes on one host.
-    replica_id = args.replica_id or os.environ.get("ACB_REPLICA_ID") or f"{socket.gethostname()}-{os.getpid()}"
+    replica_id = args.replica_id or settings.env.replica_id or f"{socket.gethostname()}-{os.getpid()}"
     store = resolve_store_url(args.store or default_store_url(f"ledger-{replica_id}"), replica_id)
     logging.getLogger().setLevel(logging.INFO)
     from ledger.authority import MAX_HOLD_MS

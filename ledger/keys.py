@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from broker.settings import load_environment
 from broker.trust import Roster, Trust, raw_public, sign_roster
 from ledger.errors import ConfigError
 
@@ -38,7 +39,7 @@ _REMOVED = "removed-replicas"  # in the system directory: ids the operator remov
 
 
 def system_dir(home: Path | None = None) -> Path:
-    base = home or Path(os.environ.get("ACB_HOME", Path.home() / ".acb"))
+    base = home or load_environment().home
     return base / "system"
 
 

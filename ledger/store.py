@@ -10,7 +10,6 @@ written in the same transaction, so a crash neither skips nor repeats.
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker.codec import canonical
+from broker.settings import load_environment
 from ledger.errors import StoreError
 
 __all__ = ["Store", "Row", "default_store_url", "migrate", "EVENTS", "META", "SNAPSHOTS"]
@@ -59,10 +59,10 @@ SNAPSHOTS = sa.Table(
 
 def default_store_url(name: str = "ledger") -> str:
     """``ACB_STORE_URL``, else a SQLite file under ``ACB_HOME`` (default ``~/.acb``)."""
-    url = os.environ.get("ACB_STORE_URL")
-    if url:
-        return url
-    home = Path(os.environ.get("ACB_HOME", Path.home() / ".acb"))
+    env = load_environment()
+    if env.store_url:
+        return env.store_url
+    home = env.home
     home.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{home / (name + '.db')}"
 

@@ -17,13 +17,13 @@ from typing import Any
 from broker import errors
 from broker.errors import CommandRejected
 from broker.money import format_minor
+from broker.settings import Settings
 from peer.cli_support import CliError
 from peer.cli_support import amount as _amount
 from peer.cli_support import client_for as _client
 from peer.cli_support import io_timeout as _io_timeout
 from peer.cli_support import out as _out
 from peer.client import BuyResult, Client, Offer
-from peer.config import Settings
 
 __all__ = ["cmd_buy", "cmd_buy_many", "register"]
 

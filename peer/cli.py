@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -18,15 +17,14 @@ from broker import commands as c
 from broker.client import BrokerClient
 from broker.errors import BrokerError, CommandRejected
 from broker.money import format_minor
+from broker.settings import Settings
 from peer.cli_support import CliError
 from peer.cli_support import amount as _amount
 from peer.cli_support import client_for as _client
 from peer.cli_support import out as _out
 from peer.cli_support import password as _password
-from peer.cli_support import reply_timeout as _reply_timeout
 from peer.cli_support import waiter as _waiter
 from peer.client import Client
-from peer.config import Settings
 from peer.errors import PeerError
 from peer.identity import Profile
 
@@ -36,7 +34,7 @@ __all__ = ["main", "build_parser"]
 
 def cmd_register(args: argparse.Namespace, s: Settings) -> int:
     client = _client(s, need_login=False)
-    client.register(args.login, _password(f"password for {args.login}: ", confirm=True))
+    client.register(args.login, _password(s, f"password for {args.login}: ", confirm=True))
     _out(args, {"login": args.login, "seq": client.last_seq},
          lambda: print(f"registered {args.login}; keys kept in {Profile(s.home, args.login).dir} "
                        "and you are logged in"))
@@ -45,7 +43,7 @@ def cmd_register(args: argparse.Namespace, s: Settings) -> int:
 
 def cmd_login(args: argparse.Namespace, s: Settings) -> int:
     client = _client(s, need_login=False)
-    result = client.login(args.login, _password(f"password for {args.login}: "))
+    result = client.login(args.login, _password(s, f"password for {args.login}: "))
     _out(args, result, lambda: print(f"logged in as {args.login}; available {format_minor(result['available'])}"))
     return 0
 
@@ -67,7 +65,7 @@ def cmd_whoami(args: argparse.Namespace, s: Settings) -> int:
 
 def cmd_share(args: argparse.Namespace, s: Settings) -> int:
     client = _client(s)
-    endpoint = args.endpoint or os.environ.get("ACB_ENDPOINT") or "127.0.0.1:7700"
+    endpoint = args.endpoint or s.env.endpoint
     res = client.share(Path(args.file), price=args.price, topic=args.topic, title=args.title,
                        description=args.description, endpoint=endpoint, doc_id=args.doc_id,
                        interval_bytes=int(args.interval_mib * (1 << 20)) if args.interval_mib is not None else None)
@@ -151,7 +149,7 @@ def cmd_serve(args: argparse.Namespace, s: Settings) -> int:
     from peer.serve import ProviderService
 
     client = _client(s)
-    host, port = (args.listen or os.environ.get("ACB_ENDPOINT") or "127.0.0.1:7700").rsplit(":", 1)
+    host, port = (args.listen or s.env.endpoint).rsplit(":", 1)
     assert client.identity is not None
     service = ProviderService(client, client.identity, host=host, port=int(port),
                               rate_limit_bps=int(args.rate_limit * 1e6) if args.rate_limit else None)
@@ -185,7 +183,7 @@ def _operator_client(s: Settings) -> tuple[Client, Any]:
 
     # The operator's own account when configured; its commands are signed by the operator key either way.
     url = s.operator_url or s.broker_url
-    return (Client(BrokerClient(url, s.names), s.home, on_wait=_waiter(), timeout=_reply_timeout()),
+    return (Client(BrokerClient(url, s.names), s.home, on_wait=_waiter(), timeout=s.env.reply_timeout),
             load_operator_key(s.home))
 
 

@@ -1,22 +1,21 @@
-"""What every `acb` subcommand module shares: one-line errors, amounts, passwords, the client, timeouts."""
+"""What every `acb` subcommand module of the peer shares: one-line errors, amounts, passwords, the client."""
 from __future__ import annotations
 
 import argparse
 import getpass
 import json
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from broker.client import BrokerClient
 from broker.money import parse_minor
+from broker.settings import Settings, load_environment
 from peer.client import Client
-from peer.config import Settings
 from peer.errors import NotLoggedIn
 from peer.identity import Profile
 
-__all__ = ["CliError", "out", "amount", "password", "waiter", "client_for", "io_timeout", "reply_timeout"]
+__all__ = ["CliError", "out", "amount", "password", "waiter", "client_for", "io_timeout"]
 
 
 class CliError(Exception):
@@ -37,10 +36,10 @@ def amount(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def password(prompt: str, *, confirm: bool = False) -> str:
-    env = os.environ.get("ACB_PASSWORD")
-    if env:
-        return env
+def password(settings: Settings, prompt: str, *, confirm: bool = False) -> str:
+    """``ACB_PASSWORD``, else a line on stdin when it is not a terminal, else asked at the prompt."""
+    if settings.env.password:
+        return settings.env.password
     if not sys.stdin.isatty():
         line = sys.stdin.readline().rstrip("\n")
         if line:
@@ -67,24 +66,13 @@ def waiter() -> Callable[[float], None]:
 
 def client_for(settings: Settings, *, login: str | None = None, need_login: bool = True) -> Client:
     broker = BrokerClient(settings.broker_url, settings.names)
-    login = login or os.environ.get("ACB_USER") or Profile.current(settings.home)
+    login = login or settings.env.user or Profile.current(settings.home)
     identity = Profile(settings.home, login).session() if login else None
     if need_login and identity is None:
         raise NotLoggedIn("not logged in: run `acb register LOGIN` or `acb login LOGIN` first")
-    return Client(broker, settings.home, identity, on_wait=waiter(), timeout=reply_timeout())
+    return Client(broker, settings.home, identity, on_wait=waiter(), timeout=settings.env.reply_timeout)
 
 
 def io_timeout() -> float:
-    """How long a download waits on a silent provider (``ACB_IO_TIMEOUT`` seconds, default 60)."""
-    try:
-        return float(os.environ.get("ACB_IO_TIMEOUT", "60"))
-    except ValueError as exc:
-        raise CliError("ACB_IO_TIMEOUT must be a number of seconds") from exc
-
-
-def reply_timeout() -> float:
-    """How long a command waits for the ledger (``ACB_REPLY_TIMEOUT`` seconds, default 60)."""
-    try:
-        return float(os.environ.get("ACB_REPLY_TIMEOUT", "60"))
-    except ValueError as exc:
-        raise CliError("ACB_REPLY_TIMEOUT must be a number of seconds") from exc
+    """How long a download waits on a silent provider (``ACB_IO_TIMEOUT``)."""
+    return load_environment().io_timeout

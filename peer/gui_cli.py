@@ -39,7 +39,7 @@ def desktop_main(argv: Sequence[str] | None = None) -> int:
     _offscreen_if(args.screenshot)
     if importlib.util.find_spec("PySide6") is None:
         return _qt_missing()
-    from peer.config import Settings
+    from broker.settings import Settings
     from peer.gui.app import run
 
     return run(Settings.from_env(), login=args.login, screenshot=args.screenshot, tab=args.tab)
@@ -55,7 +55,7 @@ def console_main(argv: Sequence[str] | None = None) -> int:
     _offscreen_if(args.screenshot)
     if importlib.util.find_spec("PySide6") is None:
         return _qt_missing()
+    from broker.settings import Settings
     from console.gui.app import run
-    from peer.config import Settings
 
     return run(Settings.from_env(), screenshot=args.screenshot, interval=args.interval)

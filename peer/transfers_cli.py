@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,8 +17,8 @@ from typing import Any
 
 from broker import errors
 from broker.money import format_minor
+from broker.settings import Settings
 from peer.client import BuyResult, Client, Offer
-from peer.config import Settings
 from peer.errors import NotLoggedIn, PeerError
 from peer.identity import Profile
 from peer.transfer.control import BandwidthScheduler, TransferControl
@@ -100,7 +99,7 @@ def cmd_transfers(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _profile(settings: Settings) -> Profile:
-    login = os.environ.get("ACB_USER") or Profile.current(settings.home)
+    login = settings.env.user or Profile.current(settings.home)
     if not login:
         raise NotLoggedIn("not logged in: run `acb register LOGIN` or `acb login LOGIN` first")
     return Profile(settings.home, login)

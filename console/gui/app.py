@@ -8,10 +8,10 @@ from typing import cast
 
 from PySide6.QtWidgets import QApplication
 
+from broker.settings import Settings
 from console.gui.windows import ConsoleWindow
 from ledger.errors import ConfigError
 from ledger.keys import load_operator_key
-from peer.config import Settings
 from peer.gui.shot import exec_window
 from peer.gui.worker import Runner
 

@@ -27,11 +27,11 @@ from PySide6.QtWidgets import (
 )
 
 from broker.money import format_minor, parse_minor
+from broker.settings import Settings
 from console.gui.models import dead_letters_model, replicas_model
 from console.gui.operator import Operator, read_dead_letters
 from console.gui.state import ConsoleState, DeadLetters, ReplicaRow
 from console.status import collect_status
-from peer.config import Settings
 from peer.gui.worker import Runner
 
 __all__ = ["ConsoleWindow"]

@@ -1,7 +1,6 @@
 """The desktop app's composition root: settings in, login if needed, the main window up."""
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import cast
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QApplication, QDialog
 
-from peer.config import Settings
+from broker.settings import Settings
 from peer.gui.session import Session
 from peer.gui.shot import exec_window
 from peer.gui.windows import LoginDialog, MainWindow
@@ -31,7 +30,7 @@ def build_window(session: Session, runner: Runner, *, download_dir: Path | None 
                  endpoint: str | None = None) -> MainWindow:
     """The main window for a logged-in session, with its menu; the caller shows it and calls refresh_all."""
     window = MainWindow(session, runner, download_dir=download_dir or default_download_dir(session.settings),
-                        endpoint=endpoint or os.environ.get("ACB_ENDPOINT") or "127.0.0.1:7700")
+                        endpoint=endpoint or session.settings.env.endpoint)
     menu = window.menuBar().addMenu("&ACB")
     refresh = QAction("&Refresh everything", window, shortcut=QKeySequence(QKeySequence.StandardKey.Refresh))
     refresh.triggered.connect(window.refresh_all)

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from broker.client import BrokerClient
+from broker.settings import Settings
 from broker.trust import Trust
 from peer.client import Client
-from peer.config import Settings
 from peer.identity import Identity, Profile
 
 __all__ = ["Session"]

@@ -32,6 +32,7 @@ from broker import commands as c
 from broker import queries as q
 from broker.client import BrokerClient, connect
 from broker.errors import BadSignature, BrokerError
+from broker.settings import Settings
 from broker.topology import Names, delete
 from console.gui.app import build_window as build_console
 from console.gui.models import ROLE_COLORS
@@ -39,7 +40,6 @@ from console.gui.windows import ConsoleWindow
 from ledger.keys import init_system, load_operator_key, load_system
 from ledger.replica import Replica, ReplicaConfig
 from peer.client import Client
-from peer.config import Settings
 from peer.gui.app import build_window
 from peer.gui.models import CREDIT, DEBIT
 from peer.gui.session import Session

@@ -25,8 +25,8 @@ from PySide6.QtWidgets import QMessageBox, QWidget
 
 from broker import commands as c
 from broker import queries as q
+from broker.settings import Settings
 from peer.client import Client
-from peer.config import Settings
 from peer.gui.app import build_window
 from peer.gui.session import Session
 from peer.gui.state import Hit

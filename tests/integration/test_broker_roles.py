@@ -42,7 +42,7 @@ from broker.admin import (
 )
 from broker.client import BrokerClient
 from broker.errors import ConfigurationError
-from peer.config import Settings
+from broker.settings import Settings
 from tests.support.broker_roles import RoleVhost, admin_api, role_vhost
 
 pytestmark = pytest.mark.timeout(120)
