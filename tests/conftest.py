@@ -36,7 +36,8 @@ from broker.envelope import Envelope, seal
 from broker.sealing import escrow_info, seal_to, x25519_public_raw
 from broker.trust import Roster, raw_public, sign_roster
 from ledger import events as ev
-from ledger.handlers import Context, Decision, decide, expire_holds
+from ledger.handlers import Context, Decision, decide
+from ledger.intake import Incoming, Plan, Refusals, Writer, decide_batch
 from ledger.log import ACCEPTED, LogEntry, Outcome, fold_entry
 from ledger.model import State
 from ledger.store import Row
@@ -192,23 +193,36 @@ class Book:
                                     writer=writer))
 
     def submit_envelope(self, env: Envelope) -> Decision:
-        decision = decide(self.state, env, self.context())
-        if decision.events:
-            outcome = self.fold(self.entry(decision.events, command_id=env.id, reply=decision.result, command=env))
+        """Take ``env`` in as the primary does (:func:`ledger.intake.decide_batch`) and apply what it decides.
+
+        Raises the refusal; a command applied already gives an empty decision with the logged answer.
+        """
+        [verdict] = self._intake(Incoming(env.to_bytes(), env.id)).verdicts
+        if verdict.error is not None:
+            raise verdict.error
+        assert verdict.reply is not None
+        return verdict.decision or Decision(events=[], result=verdict.reply.result)
+
+    def _intake(self, message: Incoming) -> Plan:
+        writer = Writer(self.writer, self.state.epoch, self.replica_keys.get(self.writer), self.operator_public,
+                        self.ledger_key)
+        plan = decide_batch(self.state, [message], self.context(), writer, Refusals())
+        for entry in plan.entries:
+            outcome, _state, rows = plan.folds[entry.entry_id][1]
             assert outcome.verdict == ACCEPTED, outcome.reason
-        return decision
+            self.log.append(entry)
+            self.rows.extend(rows)
+        self.state = plan.state
+        return plan
 
     def submit(self, payload: BaseModel, sender: str, **kw: Any) -> Decision:
         """Decide and apply, as the primary does; raises the refusal."""
         return self.submit_envelope(self.envelope(payload, sender, **kw))
 
     def tick(self) -> list[Any]:
-        """Expire overdue holds on the book's clock."""
-        events = expire_holds(self.state, self.now_ms)
-        if events:
-            outcome = self.fold(self.entry(events))
-            assert outcome.verdict == ACCEPTED, outcome.reason
-        return events
+        """Expire overdue holds on the book's clock, as a tick in the primary's intake does."""
+        [verdict] = self._intake(Incoming(b"{}", tick=True)).verdicts
+        return list(verdict.events)
 
     # -- the domain, one call per step ---------------------------------------------------------
     def register(self, login: str) -> Member:
