@@ -14,17 +14,64 @@ up (:func:`ledger.model.invariant_violations`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from ledger import events as ev
+from ledger import model
 from ledger.authority import entry_problem
 from ledger.errors import ChainBroken
 from ledger.events import parse_event
 from ledger.log import LogEntry, replay_row, signature_problem
-from ledger.model import OPEN, State, invariant_violations, state_from_dict, state_hash
+from ledger.model import OPEN, State, invariant_findings, state_from_dict, state_hash
 from ledger.store import Store
 
-__all__ = ["AuditReport", "audit", "replay"]
+__all__ = ["AuditReport", "Invariant", "InvariantResult", "Verdict", "Violation", "MONEY", "audit", "replay"]
+
+
+class Invariant(StrEnum):
+    """What the audit checks, each under a name that does not change with the wording of its findings."""
+
+    HASH_CHAIN = "hash_chain"  # every event links to the one before it, unaltered
+    SNAPSHOT = "snapshot"  # a replay that starts from a snapshot starts from a sound one
+    SIGNED = "signed"  # every entry signed by a certified replica, its events backed by their owner's signature
+    MONEY_CONSERVED = model.MONEY_CONSERVED  # accounts and holds add up to what was deposited
+    HOLDS_ADD_UP = model.HOLDS_ADD_UP  # each account's holds are its open sales
+    NO_NEGATIVE_BALANCE = model.NO_NEGATIVE_BALANCE  # only a provider who lost a dispute may owe
+    HOLD_RESOLVED_ONCE = "hold_resolved_once"  # a sale is settled, voided or refunded at most once
+    KEYS_BY_SETTLE_ONLY = model.KEYS_BY_SETTLE_ONLY  # a key reaches a consumer only by a settle, after an escrow
+    COMMAND_ONCE = "command_once"  # no command has its effect twice
+
+
+MONEY = (Invariant.MONEY_CONSERVED, Invariant.HOLDS_ADD_UP, Invariant.NO_NEGATIVE_BALANCE)
+"""The invariants that together say money was conserved."""
+
+
+class Verdict(StrEnum):
+    HELD = "held"
+    VIOLATED = "violated"
+    NOT_CHECKED = "not_checked"  # signatures without the operator's key; anything after an unusable snapshot
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One finding: which invariant, at which event, and what is wrong, in plain words."""
+
+    invariant: Invariant
+    explanation: str
+    seq: int | None = None  # the (first) event it was found at; None: found at the end of the log
+    line: str = ""  # the finding as `acb audit verify` prints it
+
+    def __str__(self) -> str:
+        return self.line or (self.explanation if self.seq is None else f"seq {self.seq}: {self.explanation}")
+
+
+@dataclass(frozen=True)
+class InvariantResult:
+    invariant: Invariant
+    verdict: Verdict
+    count: int = 0  # how many violations
+    first: Violation | None = None
 
 
 @dataclass
@@ -35,14 +82,45 @@ class AuditReport:
     head_hash: str = ""
     state_hash: str = ""
     from_snapshot: int | None = None
-    violations: list[str] = field(default_factory=list)
+    findings: list[Violation] = field(default_factory=list)
     command_ids: set[str] = field(default_factory=set)
     signed_entries: int = 0  # entries whose writer's signature (and command's signer) were checked
     signatures_checked: bool = False
+    replayed: bool = True  # False when the log could not be replayed at all (no sound snapshot to start from)
 
     @property
     def ok(self) -> bool:
-        return not self.violations
+        return not self.findings
+
+    @property
+    def violations(self) -> list[str]:
+        """Every finding as a line for people, in the order found."""
+        return [str(v) for v in self.findings]
+
+    @property
+    def invariants(self) -> dict[Invariant, InvariantResult]:
+        """Every invariant with its verdict, how often it was violated and where first."""
+        out: dict[Invariant, InvariantResult] = {}
+        for inv in Invariant:
+            found = [v for v in self.findings if v.invariant is inv]
+            if found:
+                out[inv] = InvariantResult(inv, Verdict.VIOLATED, len(found), found[0])
+            elif (inv is Invariant.SIGNED and not self.signatures_checked) or (
+                    not self.replayed and inv is not Invariant.SNAPSHOT):
+                out[inv] = InvariantResult(inv, Verdict.NOT_CHECKED)
+            else:
+                out[inv] = InvariantResult(inv, Verdict.HELD)
+        return out
+
+    @property
+    def money_conserved(self) -> bool:
+        """Whether the replay found money conserved: every invariant of :data:`MONEY` held."""
+        results = self.invariants
+        return all(results[inv].verdict is Verdict.HELD for inv in MONEY)
+
+    def found(self, invariant: Invariant, explanation: str, seq: int | None = None, *, line: str = "") -> None:
+        """Record a violation of ``invariant`` (``line``: how to print it, when not "seq N: explanation")."""
+        self.findings.append(Violation(invariant, explanation, seq, line))
 
     def as_dict(self) -> dict[str, Any]:
         return {"store": self.store, "events": self.events, "head_seq": self.head_seq, "head_hash": self.head_hash,
@@ -63,19 +141,19 @@ def replay(store: Store, upto: int | None = None, *, use_snapshot: bool = False)
     return state
 
 
-def _entry_violation(before: State, group: list[Any], operator_key: bytes) -> str | None:
-    """What is wrong with the stored rows of one entry, checked against the entry its writer signed."""
+def _entry_violation(before: State, group: list[Any], operator_key: bytes) -> tuple[int, str] | None:
+    """Where and what is wrong with the stored rows of one entry, checked against the entry its writer signed."""
     last = group[-1]
     try:
         entry = LogEntry.from_wire(last.entry)
         events = [parse_event(e) for e in entry.events]
     except ValueError as exc:
-        return f"seq {last.seq}: the stored signed entry does not parse: {str(exc)[:200]}"
+        return last.seq, f"the stored signed entry does not parse: {str(exc)[:200]}"
     if not events:
-        return f"seq {last.seq}: the stored signed entry has no events"
+        return last.seq, "the stored signed entry has no events"
     unsigned = signature_problem(before, entry, events[0], operator_key)
     if unsigned is not None:
-        return f"seq {group[0].seq}: {unsigned[1]}"
+        return group[0].seq, unsigned[1]
     stored = {"events": [r.payload for r in group], "first seq": group[0].seq, "previous hash": group[0].prev_hash,
               "command id": last.command_id, "reply": last.reply, "epochs": {r.epoch for r in group},
               "times": {r.at_ms for r in group}}
@@ -88,48 +166,63 @@ def _entry_violation(before: State, group: list[Any], operator_key: bytes) -> st
         del stored["first seq"], stored["previous hash"], signed["first seq"], signed["previous hash"]
     differ = [k for k in stored if stored[k] != signed[k]]
     if differ:
-        return (f"seq {group[0].seq}: the stored events are not the ones their writer signed "
-                f"({', '.join(differ)} differ; {len(group)} rows against {len(events)} signed events)")
+        return group[0].seq, (f"the stored events are not the ones their writer signed ({', '.join(differ)} differ; "
+                              f"{len(group)} rows against {len(events)} signed events)")
     problem = entry_problem(before, entry.command_id, entry.command, entry.at_ms, events, operator_key)
-    return f"seq {group[0].seq}: {problem}" if problem is not None else None
+    return (group[0].seq, problem) if problem is not None else None
 
 
-def audit(store: Store, *, use_snapshot: bool = False, check_every: int = 1000,
-          operator_key: bytes | None = None) -> AuditReport:
-    """Replay the whole log and report every violation found (empty list: the store is sound).
-
-    With ``operator_key`` every entry's signatures are checked too: whose replica wrote it, and
-    whose command stands behind its events.
-    """
-    report = AuditReport(store.safe_url, signatures_checked=operator_key is not None)
+def _start(store: Store, report: AuditReport, use_snapshot: bool) -> State | None:
+    """The state the replay starts from: empty, or a sound snapshot (None: no sound one where one is needed)."""
     state = State()
     first = next(store.rows(after=0, batch=1), None)
     if first is not None and first.seq > 1 and not use_snapshot:
         # A replica that joined from a shared snapshot holds the log only from there on.
         snap = store.latest_snapshot(at_most=first.seq - 1)
         if snap is None or snap[0] != first.seq - 1:
-            report.violations.append(f"the store starts at event {first.seq} without a snapshot before it")
-            return report
+            report.found(Invariant.SNAPSHOT, f"the store starts at event {first.seq} without a snapshot before it",
+                         first.seq, line=f"the store starts at event {first.seq} without a snapshot before it")
+            return None
         candidate = state_from_dict(snap[3])
         if state_hash(candidate) != snap[1]:
-            report.violations.append(f"snapshot at seq {snap[0]} fails its hash check")
-            return report
+            report.found(Invariant.SNAPSHOT, "the snapshot fails its hash check", snap[0],
+                         line=f"snapshot at seq {snap[0]} fails its hash check")
+            return None
         state, report.from_snapshot = candidate, snap[0]
     if use_snapshot:
         snap = store.latest_snapshot()
         if snap is not None:
             candidate = state_from_dict(snap[3])
             if state_hash(candidate) != snap[1]:
-                report.violations.append(f"snapshot at seq {snap[0]} fails its hash check")
-                return report
+                report.found(Invariant.SNAPSHOT, "the snapshot fails its hash check", snap[0],
+                             line=f"snapshot at seq {snap[0]} fails its hash check")
+                return None
             state, report.from_snapshot = candidate, snap[0]
+    return state
+
+
+def audit(store: Store, *, use_snapshot: bool = False, check_every: int = 1000,
+          operator_key: bytes | None = None) -> AuditReport:
+    """Replay the whole log and report every violation found (no findings: the store is sound).
+
+    With ``operator_key`` every entry's signatures are checked too: whose replica wrote it, and
+    whose command stands behind its events. Each invariant's verdict is in ``report.invariants``.
+    """
+    report = AuditReport(store.safe_url, signatures_checked=operator_key is not None)
+    start = _start(store, report, use_snapshot)
+    if start is None:
+        report.replayed = False
+        return report
+    state = start
     resolved: dict[str, int] = {}
     escrowed: set[str] = {sid for sid, s in state.sales.items() if s.key_commitment}
     commands_seen: dict[str, int] = {}
     group: list[Any] = []  # rows of the entry being read
     entry_start = state  # the state before that entry
+    seq = state.seq
     try:
         for row in store.rows(after=state.seq):
+            seq = row.seq
             if not group:
                 entry_start = state
             group.append(row)
@@ -137,19 +230,20 @@ def audit(store: Store, *, use_snapshot: bool = False, check_every: int = 1000,
             before = state.sales.get(getattr(event, "sale_id", ""), None)
             if isinstance(event, (ev.SaleSettled, ev.SaleVoided)):
                 if before is None or before.status != OPEN:
-                    report.violations.append(f"seq {row.seq}: sale {event.sale_id} resolved again "
-                                             f"(first at seq {resolved.get(event.sale_id)})")
+                    report.found(Invariant.HOLD_RESOLVED_ONCE, f"sale {event.sale_id} resolved again "
+                                                               f"(first at seq {resolved.get(event.sale_id)})", row.seq)
                 resolved[event.sale_id] = row.seq
             if isinstance(event, ev.KeyEscrowed):
                 escrowed.add(event.sale_id)
             if isinstance(event, ev.SaleSettled) and event.sale_id not in escrowed:
-                report.violations.append(f"seq {row.seq}: key of {event.sale_id} released without an escrowed key")
+                report.found(Invariant.KEYS_BY_SETTLE_ONLY, f"key of {event.sale_id} released without an escrowed key",
+                             row.seq)
             if "consumer_sealed_key" in row.payload and not isinstance(event, ev.SaleSettled):
-                report.violations.append(f"seq {row.seq}: a key released outside a settle event")
+                report.found(Invariant.KEYS_BY_SETTLE_ONLY, "a key released outside a settle event", row.seq)
             if row.reply is not None and row.command_id is not None:
                 if row.command_id in commands_seen:
-                    report.violations.append(f"seq {row.seq}: command {row.command_id} applied twice "
-                                             f"(first at seq {commands_seen[row.command_id]})")
+                    report.found(Invariant.COMMAND_ONCE, f"command {row.command_id} applied twice "
+                                                         f"(first at seq {commands_seen[row.command_id]})", row.seq)
                 commands_seen[row.command_id] = row.seq
                 report.command_ids.add(row.command_id)
             state = replay_row(state, row)
@@ -158,16 +252,18 @@ def audit(store: Store, *, use_snapshot: bool = False, check_every: int = 1000,
                 if operator_key is not None:
                     problem = _entry_violation(entry_start, group, operator_key)
                     if problem is not None:
-                        report.violations.append(problem)
+                        report.found(Invariant.SIGNED, problem[1], problem[0])
                     report.signed_entries += 1
                 group = []
             if check_every and row.seq % check_every == 0:
-                report.violations.extend(f"seq {row.seq}: {v}" for v in invariant_violations(state))
+                for name, explanation in invariant_findings(state):
+                    report.found(Invariant(name), explanation, row.seq)
         if group and operator_key is not None:
-            report.violations.append(f"seq {group[0].seq}..{group[-1].seq}: no signed entry stands behind these "
-                                     f"events")
+            report.found(Invariant.SIGNED, "no signed entry stands behind these events", group[0].seq,
+                         line=f"seq {group[0].seq}..{group[-1].seq}: no signed entry stands behind these events")
     except ChainBroken as exc:
-        report.violations.append(f"hash chain broken: {exc}")
-    report.violations.extend(invariant_violations(state))
+        report.found(Invariant.HASH_CHAIN, str(exc), seq, line=f"hash chain broken: {exc}")
+    for name, explanation in invariant_findings(state):
+        report.found(Invariant(name), explanation)
     report.head_seq, report.head_hash, report.state_hash = state.seq, state.head_hash, state_hash(state)
     return report

@@ -72,6 +72,12 @@ class LogEntry(BaseModel):
         entry._written = written
         return entry
 
+    def __eq__(self, other: object) -> bool:
+        # The same entry whether it was read or built here: equal fields, equal entries.
+        if not isinstance(other, LogEntry):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """A copy; one with changed fields is no longer the entry that was written, so it forgets that."""
         copy = super().model_copy(update=update, deep=deep)

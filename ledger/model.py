@@ -23,7 +23,8 @@ from ledger import events as ev
 
 __all__ = [
     "State", "Record", "User", "Document", "Sale", "Flow", "apply", "state_hash", "state_to_dict",
-    "state_from_dict", "GENESIS_HASH", "invariant_violations", "OPEN", "SETTLED", "VOIDED", "REFUNDED",
+    "state_from_dict", "GENESIS_HASH", "invariant_violations", "invariant_findings", "OPEN", "SETTLED", "VOIDED",
+    "REFUNDED",
 ]
 
 GENESIS_HASH = "0" * 64
@@ -396,25 +397,36 @@ def state_hash(state: State) -> str:
 
 def invariant_violations(state: State) -> list[str]:
     """What is wrong with a state: empty when money is conserved and every hold adds up."""
-    problems: list[str] = []
+    return [explanation for _, explanation in invariant_findings(state)]
+
+
+# The invariants a state keeps, by the names the audit reports them under (ledger.audit.Invariant).
+MONEY_CONSERVED, HOLDS_ADD_UP, NO_NEGATIVE_BALANCE, KEYS_BY_SETTLE_ONLY = (
+    "money_conserved", "holds_add_up", "no_negative_balance", "keys_by_settle_only")
+
+
+def invariant_findings(state: State) -> list[tuple[str, str]]:
+    """``(invariant, explanation)`` for everything wrong with a state; empty when it is sound."""
+    problems: list[tuple[str, str]] = []
     total = sum(state.balances.values()) + sum(state.held.values())
     if total != state.deposited:
-        problems.append(f"money not conserved: accounts {sum(state.balances.values())} + holds "
-                        f"{sum(state.held.values())} != deposited {state.deposited}")
+        problems.append((MONEY_CONSERVED, f"money not conserved: accounts {sum(state.balances.values())} + holds "
+                                          f"{sum(state.held.values())} != deposited {state.deposited}"))
     open_by_consumer: dict[str, int] = {}
     for sale in state.sales.values():
         if sale.status == OPEN:
             open_by_consumer[sale.consumer] = open_by_consumer.get(sale.consumer, 0) + sale.held
         if sale.status == SETTLED and not sale.consumer_sealed_key:
-            problems.append(f"sale {sale.sale_id} settled without releasing its key")
+            problems.append((KEYS_BY_SETTLE_ONLY, f"sale {sale.sale_id} settled without releasing its key"))
         if sale.status != SETTLED and sale.status != REFUNDED and sale.consumer_sealed_key:
-            problems.append(f"sale {sale.sale_id} released its key without settling")
+            problems.append((KEYS_BY_SETTLE_ONLY, f"sale {sale.sale_id} released its key without settling"))
     for account, amount in state.held.items():
         if amount != open_by_consumer.get(account, 0):
-            problems.append(f"holds of {account} are {amount}, open sales add up to {open_by_consumer.get(account, 0)}")
+            problems.append((HOLDS_ADD_UP, f"holds of {account} are {amount}, open sales add up to "
+                                           f"{open_by_consumer.get(account, 0)}"))
     for account, amount in state.balances.items():
         user = state.users.get(account)
         # Only a provider who lost a dispute may owe money (a clawback after it spent the sale).
         if amount < 0 and not (user is not None and user.strikes > 0):
-            problems.append(f"balance of {account} is negative ({amount})")
+            problems.append((NO_NEGATIVE_BALANCE, f"balance of {account} is negative ({amount})"))
     return problems
