@@ -18,6 +18,7 @@ from console.netns import netns_available
 from ledger.keys import load_operator_key
 from peer.client import Client
 from tests.support.cluster import Cluster
+from tests.support.waiting import wait_for
 
 
 def _check(report: dict[str, Any]) -> None:
@@ -150,10 +151,13 @@ def test_holds_expire_by_the_primarys_clock(cluster: Cluster) -> None:
     sale_id = f"s-{uuid.uuid4().hex[:8]}"
     buyer.send(c.OpenSale(sale_id=sale_id, doc_id="d1", price=300))
     assert buyer.balance() == {"account": "gus", "available": 600, "held": 300, "seq": buyer.last_seq}
-    deadline = time.monotonic() + 15
-    while buyer.sale(sale_id)["status"] == "open" and time.monotonic() < deadline:
-        time.sleep(0.3)
-    sale = buyer.sale(sale_id)
+
+    def resolved() -> dict[str, Any] | None:
+        sale = buyer.sale(sale_id)
+        return None if sale["status"] == "open" else sale
+
+    # The hold's one second runs on the replica process's own clock, so the test waits for its effect.
+    sale = wait_for(resolved, 15, "the hold to expire", interval=0.3)
     assert sale["status"] == "voided" and sale["reason"] == "expired"
     bal = buyer.balance()
     assert (bal["available"], bal["held"]) == (900, 0)
@@ -203,6 +207,7 @@ def test_reads_are_served_by_backups_and_by_the_primary_when_alone(cluster: Clus
     cluster.start("r2")
     cluster.start("r3")
     cluster.wait_for(lambda rs: len(rs) == 3, what="two backups")
-    time.sleep(0.5)  # the backups' read consumers take over at their higher priority
-    assert served_by() == {"r2", "r3"}  # spread over the backups; the primary is left alone
+    # The backups' read consumers take over at their higher priority once they have subscribed; then the reads
+    # are spread over the backups and the primary is left alone.
+    wait_for(lambda: served_by() == {"r2", "r3"}, 10, "the backups to serve every read", interval=0.1)
     client.broker.close()

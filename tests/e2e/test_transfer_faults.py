@@ -11,13 +11,13 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from console.netns import NetnsLink, netns_available
 from tests.support.cluster import ACB, Cluster
+from tests.support.waiting import wait_for
 
 ALICE = {"ACB_USER": "alice", "ACB_PASSWORD": "alice-secret-1"}
 BOB = {"ACB_USER": "bob", "ACB_PASSWORD": "bob-secret-12", "ACB_IO_TIMEOUT": "3"}
@@ -70,10 +70,8 @@ def _stored_bytes(cluster: Cluster) -> int:
 
 
 def _wait_for_progress(cluster: Cluster, at_least: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while _stored_bytes(cluster) < at_least:
-        assert time.monotonic() < deadline, "the download made no progress"
-        time.sleep(0.1)
+    wait_for(lambda: _stored_bytes(cluster) >= at_least, timeout, f"bob's download to store {at_least} bytes",
+             interval=0.1)
 
 
 def _finish(cluster: Cluster, doc: Path, doc_id: str, out: Path) -> dict[str, object]:

@@ -23,6 +23,7 @@ from broker import errors
 from broker.certs import TlsFiles, ensure_tls_files
 from broker.client import connect
 from tests.support.broker_roles import admin_api, role_vhost, tls_dir
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -147,13 +148,13 @@ def test_a_replica_may_present_a_client_certificate_and_a_foreign_one_is_refused
         conn = connect(rv.replica_url, name="acb-mtls-check")
         try:
             conn.channel().queue_declare(rv.names.log, passive=True)
-            deadline = time.monotonic() + 10
-            while True:  # the broker lists the connection with the certificate it checked
+
+            def checked() -> list[dict[str, Any]]:
                 mine = [c for c in api.request("GET", "/connections") or [] if c.get("vhost") == rv.vhost]
-                if mine and mine[0].get("peer_cert_subject"):
-                    break
-                assert time.monotonic() < deadline, f"the broker did not record a client certificate: {mine}"
-                time.sleep(0.1)
+                return mine if mine and mine[0].get("peer_cert_subject") else []
+
+            # The broker's statistics list the connection, with the certificate it checked, a moment after it opens.
+            mine = wait_for(checked, 10, "the broker to list the connection with its client certificate", interval=0.1)
             assert mine[0]["ssl"] is True and "acb replica" in mine[0]["peer_cert_subject"]
         finally:
             conn.close()

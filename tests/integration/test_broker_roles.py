@@ -44,6 +44,7 @@ from broker.client import BrokerClient
 from broker.errors import ConfigurationError
 from broker.settings import Settings
 from tests.support.broker_roles import RoleVhost, admin_api, role_vhost
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -87,10 +88,8 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         try:
             peer = Client(broker, home)
             ready = Running(rv, home, replica, peer)
-            deadline = time.monotonic() + 30
-            while ready.answers()["primary"] != "r1":  # the first answers may come before r1 takes the queue
-                assert time.monotonic() < deadline, "r1 did not become primary"
-                time.sleep(0.05)
+            # The first answers may come before r1 takes the queue.
+            wait_for(lambda: ready.answers()["primary"] == "r1", 30, "r1 to become primary", interval=0.05)
             yield ready
         finally:
             broker.close()

@@ -10,7 +10,6 @@ logs in all the same. The last test checks the ledger's side of that contract
 """
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from peer.client import Client
 from peer.errors import WrongPassword
 from peer.identity import Profile, _seal_keystore_v1, create_identity, keystore_version, open_keystore
 from tests.conftest import Deployment
+from tests.support.waiting import wait_for
 
 PASSWORD = "password of an old user"
 
@@ -37,10 +37,7 @@ def _register_v1(dep: Deployment) -> str:
 
 
 def _ledger_keystore(dep: Deployment, login: str, at_least: int) -> str:
-    deadline = time.monotonic() + 20
-    while dep.head_seq() < at_least:
-        assert time.monotonic() < deadline, "the replica did not apply the change in time"
-        time.sleep(0.02)
+    wait_for(lambda: dep.head_seq() >= at_least, 20, f"the replica to apply up to seq {at_least}")
     return dep.state.users[login].keystore
 
 

@@ -110,14 +110,12 @@ def test_provider_rate_limit_and_pause(market: Market, tmp_path: Path) -> None:
         box: list[DownloadResult] = []
         t = threading.Thread(target=lambda: (box.append(market.download(server, "s1", tmp_path / "dl")), done.set()))
         t.start()
-        control = None
-        while control is None and not done.is_set():
-            control = server.control("s1")
-            time.sleep(0.005)
+        wait_for(lambda: server.control("s1") is not None or done.is_set(), 10, "the upload to begin", interval=0.005)
+        control = server.control("s1")
         if control is not None and not done.is_set():
             control.pause()
-            time.sleep(0.05)
-            assert server.uploads()[-1].state in ("paused", "done")
+            # Still in its handshake, the upload reads as paused once it reaches its first segment.
+            wait_for(lambda: server.uploads()[-1].state in ("paused", "done"), 10, "the upload to pause")
             control.resume()
         t.join(20)
         assert box and box[0].segment_count == 6

@@ -25,7 +25,7 @@ from peer.serve import UploadManager
 from peer.transfer import DownloadResult, ProviderServer, TransferError, decrypt_file
 from peer.transfers import ControlServer, NoServe, ServeRunning, control_request, list_downloads, socket_path
 from tests.support.market import SEG, Market
-from tests.support.waiting import wait_for
+from tests.support.waiting import wait_for, wait_still
 
 
 @dataclass
@@ -126,9 +126,8 @@ def test_pause_stops_the_bytes_and_resume_continues(one: Steered, tmp_path: Path
     fetch = Fetch(one, "s1").start()
     assert wait_for(lambda: fetch.done >= 8 * SEG)
     one.ask("pause", sale="s1")
-    time.sleep(0.3)  # the chunk in flight lands
-    held, sent = fetch.done, one.upload("s1")["bytes_sent"]
-    time.sleep(1.0)
+    # The chunk in flight may land; then nothing moves for a whole second, where the limit would move 2 MB.
+    held, sent = wait_still(lambda: (fetch.done, one.upload("s1")["bytes_sent"]), 1.0, 10, "the paused upload")
     row = one.upload("s1")
     assert row["state"] == "paused" and row["consumer"] == "bob" and row["rate_mbps"] == 0
     assert (fetch.done, row["bytes_sent"]) == (held, sent)
@@ -194,7 +193,7 @@ def test_priority_splits_a_shared_limit(two: Steered) -> None:
     assert rows["s1"]["allotted_mbps"] == pytest.approx(2.0, abs=0.01)
     assert rows["s2"]["allotted_mbps"] == pytest.approx(1.0, abs=0.01)
     t0 = time.monotonic() + 0.3
-    time.sleep(1.8)
+    time.sleep(1.8)  # not a wait for anything: the window the shares are measured over
     t1 = time.monotonic()
     a, b = first.bytes_between(t0, t1), second.bytes_between(t0, t1)
     assert 2.0 * 0.75 < a / b < 2.0 * 1.3, (a, b)
