@@ -174,14 +174,21 @@ Event = Annotated[
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
-# (type, version) -> function lifting a stored payload one version up. None yet: version 1 is current.
+# (type, version) -> function lifting a stored payload to a later version. None yet: version 1 is current.
+# Fields added since version 1 have defaults instead (an older payload reads as the field's default); every
+# upcaster comes with an old payload in tests/unit/test_upcasters.py.
 UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 
 def parse_event(payload: dict[str, Any]) -> Event:
-    """Typed event from a stored or received payload, upcasting old versions first."""
+    """Typed event from a stored or received payload, upcasting old versions first (ValueError if it does not
+    parse)."""
     version = payload.get("schema_version", 1)
     while (payload.get("type"), version) in UPCASTERS:
         payload = UPCASTERS[(payload["type"], version)](payload)
-        version = payload["schema_version"]
+        lifted = payload.get("schema_version")
+        if not isinstance(lifted, int) or lifted <= version:
+            # Without this an upcaster that forgot to say its version would loop forever on every read.
+            raise ValueError(f"the upcaster of {payload.get('type')} version {version} does not raise the version")
+        version = lifted
     return EVENT_ADAPTER.validate_python(payload)
