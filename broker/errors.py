@@ -1,36 +1,85 @@
-"""Errors of the wire, and the registry of codes that cross it.
+"""ACB's errors: one root, a subtree per package, and the registry of codes that cross the wire.
 
-    BrokerError                      anything this package raises
-    ├── BrokerUnavailable            RabbitMQ cannot be reached or dropped us
-    │   └── BrokerRefused            it refused us for good: credentials, permissions, certificate
-    ├── ReplyTimeout                 no answer in time (the command may still apply)
-    ├── ConfigurationError           a key, URL or certificate this process needs is missing
-    ├── MalformedMessage             bytes that do not parse into one of our models
-    ├── ContentError                 content crypto: a document, segment or manifest does not check out
-    │   ├── DecryptionFailed         a segment does not decrypt (wrong key, tampered bytes)
-    │   ├── ProofInvalid             a Merkle proof or a manifest field does not check out
-    │   └── SignatureInvalid         a manifest is not signed by the expected provider
-    └── CommandRejected              a coded refusal a person can act on
-        ├── BadSignature, StaleCommand, UnknownUser, DuplicateRegistration,
-        ├── NotAuthorized, BadAmount, BadPrice, UnknownDocument, OwnDocument,
-        ├── PriceChanged, InsufficientFunds, UnknownSale, NotYourSale,
-        ├── SaleClosed, KeyNotEscrowed, BadEscrow, ...
-        └── RemoteError              a code this side does not know
+Every error ACB raises on purpose is an :class:`AcbError` whose message a person can act on; the
+``acb`` command prints it on one line (``acb: ...``, exit :attr:`AcbError.exit_code`) and the GUIs
+show it as it is. Errors of pika, SQLAlchemy, pydantic and ``ssl`` are turned into these where
+they arise (``raise OurError(...) from exc``)::
 
-A reply carries ``{"code": ..., "message": ...}``; :func:`rejection` turns it
-back into the registered class so callers can catch what they expect.
+    AcbError                              broker/errors.py: anything ACB raises on purpose
+    ├── BrokerError                       broker/: the wire
+    │   ├── BrokerUnavailable             RabbitMQ cannot be reached or dropped us
+    │   │   └── BrokerRefused             it refused us for good: credentials, permissions, certificate
+    │   ├── ReplyTimeout                  no answer in time (the command may still apply)
+    │   ├── ConfigurationError            a key, URL, certificate or variable this process needs is missing or bad
+    │   ├── MalformedMessage              bytes that do not parse into one of our models
+    │   ├── SealError                     broker/sealing.py: a sealed key does not open with this key and purpose
+    │   ├── AdminError                    broker/admin.py: the management API refused or failed
+    │   ├── ContentError                  content crypto: a document, segment or manifest does not check out
+    │   │   ├── DecryptionFailed          a segment does not decrypt (wrong key, tampered bytes)
+    │   │   ├── ProofInvalid              a Merkle proof or a manifest field does not check out
+    │   │   └── SignatureInvalid          a manifest is not signed by the expected provider
+    │   └── CommandRejected               a coded refusal a person can act on (exit code 2)
+    │       ├── BadSignature, StaleCommand, UnknownUser, DuplicateRegistration,
+    │       ├── NotAuthorized, BadAmount, BadPrice, UnknownDocument, OwnDocument,
+    │       ├── PriceChanged, InsufficientFunds, UnknownSale, NotYourSale,
+    │       ├── SaleClosed, KeyNotEscrowed, BadEscrow, ...  (the registry below)
+    │       └── RemoteError               a code this side does not know
+    ├── LedgerError                       ledger/errors.py: the ledger's own
+    │   ├── StoreError                    the database refused or failed (SQLAlchemy errors are wrapped)
+    │   ├── ChainBroken                   a stored or received event does not fit the hash chain or sequence
+    │   ├── ConfigError                   keys or settings missing or unreadable
+    │   ├── Deposed                       ledger/primary.py: another replica holds a higher epoch: stop writing
+    │   └── LaunchError                   ledger/launch.py: a replica process died or did not get ready in time
+    ├── PeerError                         peer/errors.py: the client side
+    │   ├── WrongPassword                 the password does not open the keystore
+    │   ├── NotLoggedIn                   no session: run `acb login`
+    │   ├── VerificationFailed            downloaded content does not match what was published
+    │   ├── ControlError                  peer/transfers.py: `acb serve`'s control channel refused or is unusable
+    │   │   ├── NoServe                   no `acb serve` of this user answers
+    │   │   └── ServeRunning              another one already holds the control socket
+    │   ├── CliError                      peer/cli_support.py: a one-line error of the command line
+    │   └── TransferError                 peer/transfer/errors.py: the peer-to-peer transfer
+    │       ├── TransferRefused           the provider (or our own checks) refused the session
+    │       │   └── AuthenticationFailed  the other side's TLS certificate or key is not the expected one
+    │       ├── ProtocolError             the other side broke the wire protocol
+    │       ├── ConnectionLost            the connection dropped or timed out mid-transfer
+    │       ├── TransferCancelled         cancelled through a TransferControl
+    │       ├── IntegrityError            a received segment or manifest failed verification
+    │       │   ├── ManifestInvalid       header/entry not signed by the provider, or for another sale/document
+    │       │   ├── SegmentCorrupt        ciphertext does not match the signed hash
+    │       │   ├── SegmentTruncated      segment shorter than the document layout says
+    │       │   └── SegmentOutOfOrder     segment index is not the one expected next
+    │       ├── JournalError              the local download journal is unusable
+    │       ├── WrongKey                  the released key is not the one the provider committed to
+    │       └── ContentMismatch           decrypted content fails the published commitment (carries evidence)
+    └── ConsoleError                      console/errors.py: the operator's tools
+        └── NetnsError                    console/netns.py: a network namespace could not be made or used
+
+Refusals of commands are not ledger errors: they are coded :class:`CommandRejected` that travel back
+to the client. A reply carries ``{"code": ..., "message": ...}``; :func:`rejection` turns it back
+into the registered class so callers can catch what they expect.
 """
 from __future__ import annotations
 
 __all__ = [
-    "BrokerError", "BrokerUnavailable", "BrokerRefused", "ReplyTimeout", "ConfigurationError", "MalformedMessage",
-    "CommandRejected",
+    "AcbError", "BrokerError", "BrokerUnavailable", "BrokerRefused", "ReplyTimeout", "ConfigurationError",
+    "MalformedMessage", "CommandRejected",
     "ContentError", "DecryptionFailed", "ProofInvalid", "SignatureInvalid",
     "RemoteError", "rejection", "CODES",
 ]
 
 
-class BrokerError(Exception):
+class AcbError(Exception):
+    """Root of every error ACB raises on purpose; ``str()`` is a message for a person."""
+
+    exit_code = 1  # what `acb` exits with when this error ends a command
+
+    def for_person(self) -> str:
+        """The one line `acb` prints after ``acb: ``."""
+        return str(self)
+
+
+class BrokerError(AcbError):
     """Root of everything the broker package raises."""
 
 
@@ -57,13 +106,7 @@ class MalformedMessage(BrokerError):
 
 
 class ContentError(BrokerError):
-    """Root of the content-crypto errors.
-
-    ContentError
-    ├── DecryptionFailed   a segment does not decrypt (wrong key, tampered bytes)
-    ├── ProofInvalid       a Merkle proof or a manifest field does not check out
-    └── SignatureInvalid   a manifest is not signed by the expected provider
-    """
+    """Root of the content-crypto errors (the tree is in this module's docstring)."""
 
 
 class DecryptionFailed(ContentError):
@@ -82,6 +125,7 @@ class CommandRejected(BrokerError):
     """A refusal with a code from the registry and a message for a person."""
 
     code = "rejected"
+    exit_code = 2  # a refusal by the ledger, not a failure: scripts tell the two apart
 
     def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(message)
@@ -94,6 +138,9 @@ class CommandRejected(BrokerError):
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
+
+    def for_person(self) -> str:
+        return f"refused: {self}"
 
 
 CODES: dict[str, type[CommandRejected]] = {}

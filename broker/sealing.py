@@ -11,12 +11,14 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+from broker.errors import BrokerError
+
 __all__ = ["seal_to", "open_sealed", "SealError", "escrow_info", "release_info", "x25519_public_raw"]
 
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM)
 
 
-class SealError(Exception):
+class SealError(BrokerError):
     """The sealed box does not open with this key and purpose."""
 
 

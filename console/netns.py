@@ -24,12 +24,14 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
 
+from console.errors import ConsoleError
+
 __all__ = ["NetnsError", "NetnsLink", "netns_available"]
 
 _PROBE_NS = f"acbprobe{os.getpid()}"
 
 
-class NetnsError(RuntimeError):
+class NetnsError(ConsoleError):
     """An ``ip`` command failed, or ``ip netns exec`` cannot run here; the message says why."""
 
 

@@ -1,19 +1,17 @@
-"""Errors of the ledger.
+"""Errors of the ledger: the ``LedgerError`` subtree of :class:`broker.errors.AcbError`.
 
-    LedgerError                 anything this package raises of its own
-    ├── StoreError              the database refused or failed (SQLAlchemy errors are wrapped)
-    ├── ChainBroken             a stored or received event does not fit the hash chain or sequence
-    └── ConfigError             keys or settings missing or unreadable
-
-Refusals of commands are not ledger errors: they are coded
-:class:`broker.errors.CommandRejected` that travel back to the client.
+The whole tree, this subtree included, is drawn in :mod:`broker.errors`. Refusals of commands
+are not ledger errors: they are coded :class:`broker.errors.CommandRejected` that travel back
+to the client.
 """
 from __future__ import annotations
+
+from broker.errors import AcbError
 
 __all__ = ["LedgerError", "StoreError", "ChainBroken", "ConfigError"]
 
 
-class LedgerError(Exception):
+class LedgerError(AcbError):
     """Root of the ledger's own errors."""
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from broker import commands as c
 from broker.client import BrokerClient
-from broker.errors import BrokerError, CommandRejected
+from broker.errors import AcbError
 from broker.money import format_minor
 from broker.settings import Settings
 from peer.cli_support import CliError
@@ -25,7 +25,6 @@ from peer.cli_support import out as _out
 from peer.cli_support import password as _password
 from peer.cli_support import waiter as _waiter
 from peer.client import Client
-from peer.errors import PeerError
 from peer.identity import Profile
 
 __all__ = ["main", "build_parser"]
@@ -428,24 +427,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if not args.verbose:
         logging.getLogger("pika").setLevel(logging.CRITICAL)
-    settings = Settings.from_env()
     try:
-        return int(args.fn(args, settings) or 0)
-    except CommandRejected as exc:
-        print(f"acb: refused: {exc}", file=sys.stderr)
-        return 2
-    except (BrokerError, PeerError, CliError) as exc:
-        print(f"acb: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # transfer and content errors carry their own clear messages
-        from broker.content import ContentError
-        from ledger.errors import LedgerError
-        from peer.transfer.errors import TransferError
-
-        if isinstance(exc, (TransferError, ContentError, LedgerError)):
-            print(f"acb: {exc}", file=sys.stderr)
-            return 1
-        raise
+        return int(args.fn(args, Settings.from_env()) or 0)
+    except AcbError as exc:
+        print(f"acb: {exc.for_person()}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -12,13 +12,13 @@ from broker.client import BrokerClient
 from broker.money import parse_minor
 from broker.settings import Settings, load_environment
 from peer.client import Client
-from peer.errors import NotLoggedIn
+from peer.errors import NotLoggedIn, PeerError
 from peer.identity import Profile
 
 __all__ = ["CliError", "out", "amount", "password", "waiter", "client_for", "io_timeout"]
 
 
-class CliError(Exception):
+class CliError(PeerError):
     """A one-line error for the user."""
 
 

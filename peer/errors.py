@@ -1,19 +1,17 @@
-"""Errors of the peer (client) side.
+"""Errors of the peer (client) side: the ``PeerError`` subtree of :class:`broker.errors.AcbError`.
 
-    PeerError               anything this package raises of its own
-    ├── WrongPassword       the password does not open the keystore
-    ├── NotLoggedIn         no session: run `acb login`
-    └── VerificationFailed  downloaded content does not match what was published
-
-Ledger refusals arrive as :class:`broker.errors.CommandRejected`; transfer
-failures as :class:`peer.transfer.errors.TransferError`.
+The whole tree, this subtree included, is drawn in :mod:`broker.errors`. Ledger refusals
+arrive as :class:`broker.errors.CommandRejected`; transfer failures as
+:class:`peer.transfer.errors.TransferError`, a ``PeerError`` too.
 """
 from __future__ import annotations
+
+from broker.errors import AcbError
 
 __all__ = ["PeerError", "WrongPassword", "NotLoggedIn", "VerificationFailed"]
 
 
-class PeerError(Exception):
+class PeerError(AcbError):
     """Root of the peer's own errors."""
 
 

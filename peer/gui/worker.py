@@ -21,7 +21,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal, Slot
 
-from broker.errors import BrokerError, CommandRejected
+from broker.errors import AcbError, BrokerError, CommandRejected
 
 __all__ = ["Job", "Runner", "describe_error"]
 
@@ -35,8 +35,7 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, BrokerError):
         return f"{type(exc).__name__}: {exc}"
     text = str(exc) or type(exc).__name__
-    module = type(exc).__module__
-    if module.startswith(("peer", "broker", "ledger", "console")):
+    if isinstance(exc, AcbError):  # ours carry a message meant for a person
         return text
     return f"{type(exc).__name__}: {text}"
 

@@ -20,10 +20,11 @@ Errors of ``ssl`` and ``socket`` are converted to these at the boundary.
 
 from __future__ import annotations
 
+from peer.errors import PeerError
 from peer.transfer.evidence import Evidence
 
 
-class TransferError(Exception):
+class TransferError(PeerError):
     """Root of all transfer errors."""
 
 
