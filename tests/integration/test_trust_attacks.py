@@ -49,8 +49,8 @@ from tests.support.attacker import (
     picture,
     signed_dict,
     wait_folded,
-    wait_until,
 )
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -324,7 +324,7 @@ def test_old_genuine_entries_published_again_are_duplicates_not_a_halt(tmp_path:
                 w.clients["bob"].send(c.OpenSale(sale_id="s-expiring", doc_id="notes", price=1000))
             finally:
                 dep.replica.config = config
-            wait_until(lambda: dep.state.sales["s-expiring"].status == "voided", 10, "the hold to expire")
+            wait_for(lambda: dep.state.sales["s-expiring"].status == "voided", 10, "the hold to expire")
             st, before, ignored = baseline(w)
             a = w.attacker
             batches = a.log_batches()
@@ -349,11 +349,11 @@ def test_entries_signed_by_a_removed_replica_are_ignored(world: World) -> None:
     w = world
     added = _acb(w.dep, "operator", "replica", "add", "r2")
     assert added.returncode == 0, f"acb operator replica add r2: {added.stderr.strip()}"
-    wait_until(lambda: "r2" in getattr(getattr(w.dep.state, "roster", None), "replicas", {}), 10,
+    wait_for(lambda: "r2" in getattr(getattr(w.dep.state, "roster", None), "replicas", {}), 10,
                "the roster with r2 in the log")
     removed = _acb(w.dep, "operator", "replica", "remove", "r2")
     assert removed.returncode == 0, f"acb operator replica remove r2: {removed.stderr.strip()}"
-    wait_until(lambda: "r2" not in getattr(w.dep.state.roster, "replicas", {"r2": ""}), 10,
+    wait_for(lambda: "r2" not in getattr(w.dep.state.roster, "replicas", {"r2": ""}), 10,
                "the roster without r2 in the log")
     stolen = certified_key(w.dep, "r2")  # r2's machine is gone, and its key with it
     st, before, ignored = baseline(w)
@@ -403,7 +403,7 @@ def test_a_joining_replica_rejects_a_forged_snapshot(world: World, tmp_path: Pat
         assert joiner.state.balance("mallory") < LOOT, \
             f"the joining replica took the forged snapshot: mallory has {joiner.state.balance('mallory')}"
         runner.start()
-        wait_until(lambda: joiner.state.seq >= w.dep.state.seq or joiner.halted, 20, "the joining replica to catch up")
+        wait_for(lambda: joiner.state.seq >= w.dep.state.seq or joiner.halted, 20, "the joining replica to catch up")
         assert joiner.halted is None, joiner.halted
         assert state_hash(joiner.state) == state_hash(w.dep.state)
     finally:
@@ -508,7 +508,7 @@ def test_a_foreign_consumer_on_the_commands_queue_cannot_fake_an_operators_depos
                 assert thief.swallowed >= 1, "the thief never got the queue"
                 assert _forged_count(operator) >= 1, "the client did not count the forged replies it dropped"
             dep.start()
-            wait_until(lambda: dep.state.seq == before.seq, 10, "the restarted replica to recover")
+            wait_for(lambda: dep.state.seq == before.seq, 10, "the restarted replica to recover")
             assert picture(dep) == before, "money moved"
             assert audit_store(dep).ok
             honest_command(w)

@@ -33,7 +33,8 @@ from broker import queries as q
 from broker.envelope import seal
 from peer.client import Client
 from tests.conftest import Deployment
-from tests.support.attacker import percentile, wait_until
+from tests.support.attacker import percentile
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -194,7 +195,7 @@ def test_a_flood_of_commands_does_not_delay_another_users_commands(
     samples: list[float] = []
     started = time.monotonic()
     flood.start()
-    wait_until(lambda: flood.sent >= 1000 or flood.published.is_set(), 30, "the flood to start")
+    wait_for(lambda: flood.sent >= 1000 or flood.published.is_set(), 30, "the flood to start")
     n = 0
     while time.monotonic() - started < 120:
         n += 1
@@ -229,7 +230,7 @@ def test_a_flood_of_far_future_reads_is_refused_at_once_and_starves_nobody(
     samples: list[float] = []
     started = time.monotonic()
     flood.start()
-    wait_until(lambda: flood.sent >= 1000 or flood.published.is_set(), 30, "the flood to start")
+    wait_for(lambda: flood.sent >= 1000 or flood.published.is_set(), 30, "the flood to start")
     while flood.is_alive() and time.monotonic() - started < 120:
         t0 = time.perf_counter()
         hana.balance()

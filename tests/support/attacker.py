@@ -38,10 +38,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.codec import canonical
 from tests.conftest import Deployment, running_deployment
+from tests.support.waiting import wait_for
 
 __all__ = [
     "Attacker", "Forger", "ReadRacer", "CommandRacer", "QueueThief", "Picture", "entry", "sign_entry", "forged_roster",
-    "forged_reply", "signed_dict", "raw_public_hex", "fresh_deployment", "wait_until", "picture",
+    "forged_reply", "signed_dict", "raw_public_hex", "fresh_deployment", "picture",
     "ignored_total", "wait_folded", "certified_key", "percentile",
 ]
 
@@ -382,18 +383,6 @@ def fresh_deployment(tmp: Path) -> Iterator[Deployment]:
         yield dep
 
 
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.01) -> Any:
-    """Poll ``condition`` until it is truthy (its value) or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
-        time.sleep(every)
-
-
 @dataclass(frozen=True)
 class Picture:
     """What an attack must not change: the log's head, the whole state's hash, and the balances."""
@@ -422,8 +411,8 @@ def ignored_total(dep: Deployment) -> int:
 def wait_folded(dep: Deployment, offset: int, timeout: float = 10.0) -> None:
     """Wait until the replica has folded the stream past ``offset`` (or halted: the caller checks that)."""
     follower = dep.replica.follower
-    wait_until(lambda: follower.halted is not None or (follower.next_offset or 0) > offset, timeout,
-               f"the replica to read the log past offset {offset}")
+    wait_for(lambda: follower.halted is not None or (follower.next_offset or 0) > offset, timeout,
+             f"the replica to read the log past offset {offset}")
 
 
 def certified_key(dep: Deployment, replica_id: str = "r1") -> Ed25519PrivateKey:
