@@ -6,8 +6,6 @@ import threading
 import time
 from collections.abc import Callable
 
-import pika.exceptions
-
 from broker.errors import BrokerError
 from ledger.errors import LedgerError
 
@@ -15,8 +13,9 @@ __all__ = ["BROKER_TROUBLE", "keep_connected"]
 
 log = logging.getLogger(__name__)
 
-# What losing (or not reaching) the broker looks like from inside a part.
-BROKER_TROUBLE = (pika.exceptions.AMQPError, OSError, BrokerError, LedgerError)
+# What losing (or not reaching) the broker looks like from inside a part: the broker seam
+# (broker.transport) turns the client library's errors into BrokerError.
+BROKER_TROUBLE = (OSError, BrokerError, LedgerError)
 
 
 def keep_connected(what: str, session: Callable[[threading.Event], None], stop: threading.Event,

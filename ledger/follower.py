@@ -20,15 +20,15 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-import pika.exceptions
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from broker.client import connect
 from broker.codec import canonical
 from broker.errors import BrokerError
-from broker.topology import Names, declare
+from broker.rabbitmq import transport_for
+from broker.topology import Names
+from broker.transport import Delivery, Transport
 from broker.trust import Trust, check_signed, signed, tagged
 from ledger.connected import BROKER_TROUBLE, keep_connected
 from ledger.errors import ChainBroken
@@ -47,7 +47,7 @@ _SNAPSHOT_SIGNER, _SNAPSHOT_SIGNATURE = "acb-signer", "acb-signature"  # headers
 class Follower:
     """Keeps ``state`` equal to the log, durable in ``store``."""
 
-    def __init__(self, store: Store, url: str, names: Names, replica_id: str, trust: Trust,
+    def __init__(self, store: Store, broker: Transport | str, names: Names, replica_id: str, trust: Trust,
                  key: Ed25519PrivateKey | None = None, *, snapshot_every: int = 5000,
                  ledger_key: X25519PrivateKey | None = None) -> None:
         self.store = store
@@ -56,7 +56,7 @@ class Follower:
         self.key = key  # signs the snapshots this replica shares
         # Entries and messages ignored (forged, unsigned, fenced, duplicates...), by kind: counted, never fatal.
         self.ignored: collections.Counter[str] = collections.Counter()
-        self.url = url
+        self.transport = transport_for(broker)
         self.names = names
         self.replica_id = replica_id
         self.snapshot_every = snapshot_every
@@ -105,25 +105,24 @@ class Follower:
         """
         if self.state.seq or self.next_offset is not None or self.halted is not None:
             return False
-        conn = connect(self.url, heartbeat=5, name=f"acb-join-{self.replica_id}")
+        link = self.transport.open(f"acb-join-{self.replica_id}", heartbeat=5)
         newest: dict[str, Any] | None = None
+        arrived: list[Delivery] = []
         try:
-            ch = conn.channel()
-            declare(ch, self.names)
-            ch.basic_qos(prefetch_count=16)
-            for method, props, body in ch.consume(self.names.snapshots, arguments={"x-stream-offset": "last"},
-                                                   inactivity_timeout=timeout):
-                if method is None:
+            link.declare(self.names)
+            link.consume(self.names.snapshots, arrived.append, prefetch=16, arguments={"x-stream-offset": "last"})
+            while True:  # until the stream has nothing more for ``timeout`` seconds
+                link.process(timeout)
+                if not arrived:
                     break
-                ch.basic_ack(method.delivery_tag)
-                record = self._verified_snapshot(body, props.headers or {})
-                if record is not None and (newest is None or record["seq"] > newest["seq"]):
-                    newest = record
+                for delivery in arrived:
+                    link.ack(delivery.tag)
+                    record = self._verified_snapshot(delivery.body, dict(delivery.headers))
+                    if record is not None and (newest is None or record["seq"] > newest["seq"]):
+                        newest = record
+                arrived.clear()
         finally:
-            try:
-                conn.close()
-            except (pika.exceptions.AMQPError, OSError):
-                pass
+            link.close()
         if newest is None:
             return False
         try:
@@ -217,49 +216,33 @@ class Follower:
                 return {e: self._expected.get(e) for e in entry_ids}
             return {e: self._expected.pop(e, None) for e in entry_ids}
 
-    def wait_seq(self, seq: int, timeout: float) -> bool:
-        """Block until the applied sequence reaches ``seq`` (read-your-writes)."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self.state.seq < seq and self.halted is None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-            return self.state.seq >= seq
-
     # -- running ---------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         """Follow the log until ``stop`` is set or the replica halts; reconnects on broker loss."""
         keep_connected("log follower", self._follow, stop, lambda: self.halted is None, pause=0.5)
 
     def _follow(self, stop: threading.Event) -> None:
-        conn = connect(self.url, heartbeat=5, name=f"acb-follower-{self.replica_id}")
+        link = self.transport.open(f"acb-follower-{self.replica_id}", heartbeat=5)
         try:
-            ch = conn.channel()
-            declare(ch, self.names)
-            ch.basic_qos(prefetch_count=2 * _GROUP)
+            link.declare(self.names)
             offset: Any = self.next_offset if self.next_offset is not None else "first"
             pending: list[tuple[int, int, bytes]] = []  # (delivery tag, stream offset, body)
 
-            def on_message(_ch: Any, method: Any, props: Any, body: bytes) -> None:
-                pending.append((method.delivery_tag, int(props.headers["x-stream-offset"]), body))
+            def on_message(delivery: Delivery) -> None:
+                pending.append((delivery.tag, delivery.offset, delivery.body))
 
-            ch.basic_consume(self.names.log, on_message, arguments={"x-stream-offset": offset})
+            link.consume(self.names.log, on_message, prefetch=2 * _GROUP, arguments={"x-stream-offset": offset})
             while not stop.is_set() and self.halted is None:
                 # Returns as soon as deliveries are dispatched: fold whatever has arrived, at once.
-                conn.process_data_events(time_limit=0.1)
+                link.process(0.1)
                 while pending:
                     group, pending[:] = pending[:_GROUP], pending[_GROUP:]
                     self._fold(group)
-                    ch.basic_ack(group[-1][0], multiple=True)
+                    link.ack(group[-1][0], multiple=True)
                     if self.halted is not None:
                         break
         finally:
-            try:
-                conn.close()
-            except (pika.exceptions.AMQPError, OSError):
-                pass  # a stream consumer closed with buffered messages ends this way; nothing is lost
+            link.close()  # a stream consumer closed with buffered messages ends in an error; nothing is lost
 
     def _fold(self, pending: list[tuple[int, int, bytes]]) -> None:
         state = self.state
@@ -328,17 +311,17 @@ class Follower:
             digest = hashlib.sha256(canonical(picture)).hexdigest()  # == state_hash(state), computed once
             self.store.save_snapshot(state.seq, digest, offset, picture, int(time.time() * 1000))
             if share and self.key is not None:
-                conn = connect(self.url, heartbeat=5, name=f"acb-snapshot-{self.replica_id}")
+                link = self.transport.open(f"acb-snapshot-{self.replica_id}", heartbeat=5)
                 try:
                     head = signed(self.key, self.replica_id,
                                   {"seq": state.seq, "state_hash": digest, "stream_offset": offset}, "snapshot")
                     record = {"head": head, "state": picture}
                     body = zlib.compress(canonical(record), 3)
                     signature = self.key.sign(tagged("snapshot-message", hashlib.sha256(body).digest())).hex()
-                    conn.channel().basic_publish("", self.names.snapshots, body, pika.BasicProperties(
-                        delivery_mode=2, headers={_SNAPSHOT_SIGNER: self.replica_id, _SNAPSHOT_SIGNATURE: signature}))
+                    link.publish("", self.names.snapshots, body, persistent=True,
+                                 headers={_SNAPSHOT_SIGNER: self.replica_id, _SNAPSHOT_SIGNATURE: signature})
                 finally:
-                    conn.close()
+                    link.close()
             log.info("snapshot at seq %d taken%s", state.seq, " and shared" if share else "")
         except BROKER_TROUBLE as exc:
             log.warning("snapshot at seq %d failed: %r (the next one will be tried)", state.seq, exc)

@@ -17,17 +17,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import pika
-import pika.exceptions
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker import errors
 from broker import queries as q
 from broker.answers import parse_answer
-from broker.client import connect
 from broker.envelope import Envelope, open_envelope, verify
+from broker.rabbitmq import transport_for
 from broker.replies import Reply
-from broker.topology import BACKUP_PRIORITY, PRIMARY_PRIORITY, Names, declare
+from broker.topology import BACKUP_PRIORITY, PRIMARY_PRIORITY, Names
+from broker.transport import Delivery, Link, Transport
 from broker.trust import Trust, digest, tagged
 from catalog import Catalog
 from ledger.connected import keep_connected
@@ -183,12 +182,12 @@ def _login(state: State, query: q.Login, keys: SystemKeys, now_ms: int) -> dict[
 class ReadServer:
     """Consumes the reads queue; at backup priority, or primary priority while primary."""
 
-    def __init__(self, follower: Follower, url: str, names: Names, replica_id: str, keys: SystemKeys,
+    def __init__(self, follower: Follower, broker: Transport | str, names: Names, replica_id: str, keys: SystemKeys,
                  catalog: Catalog, is_primary: Callable[[], bool], key: Ed25519PrivateKey, trust: Trust) -> None:
         self.follower = follower
         self.key = key
         self.trust = trust
-        self.url = url
+        self.transport = transport_for(broker)
         self.names = names
         self.replica_id = replica_id
         self.keys = keys
@@ -196,7 +195,7 @@ class ReadServer:
         self.is_primary = is_primary
         self.served = 0
         self._role_changed = threading.Event()
-        self._waiting: list[tuple[float, Any, Envelope, bytes]] = []
+        self._waiting: list[tuple[float, Delivery, Envelope]] = []
         self._parked: dict[str, int] = {}  # reply channel -> queries of it waiting
         # Keystores handed out for logins from other machines: 5 at once, then one a minute, per login
         # (on this replica's read thread only; each replica keeps its own).
@@ -209,35 +208,45 @@ class ReadServer:
         keep_connected("read server", self._serve, stop, lambda: self.follower.halted is None)
 
     def _serve(self, stop: threading.Event) -> None:
-        conn = connect(self.url, heartbeat=5, name=f"acb-reads-{self.replica_id}")
+        link = self.transport.open(f"acb-reads-{self.replica_id}", heartbeat=5)
         try:
-            ch = conn.channel()
-            declare(ch, self.names)
-            ch.basic_qos(prefetch_count=32)
+            link.declare(self.names)
+            arrived: list[Delivery] = []
             while not stop.is_set() and self.follower.halted is None:
                 self._role_changed.clear()
                 priority = PRIMARY_PRIORITY if self.is_primary() else BACKUP_PRIORITY
-                for method, props, body in ch.consume(self.names.reads, arguments={"x-priority": priority},
-                                                      inactivity_timeout=0.05):
-                    if method is not None:
-                        self._handle(ch, props, body)
-                        ch.basic_ack(method.delivery_tag)
-                    self._answer_waiting(ch)
-                    if stop.is_set() or self._role_changed.is_set() or self.follower.halted is not None:
+                link.consume(self.names.reads, arrived.append, prefetch=32, arguments={"x-priority": priority})
+                while True:
+                    link.process(0.05)
+                    if self._serve_arrived(link, arrived, stop):
                         break
-                ch.cancel()  # requeues what was prefetched; another replica answers it
+                for delivery in arrived:  # not looked at: another replica (or this one, anew) answers it
+                    link.requeue(delivery.tag)
+                arrived.clear()
+                link.cancel()  # requeues what was prefetched; another replica answers it
         finally:
             self._waiting.clear()  # their clients resend; another replica answers
             self._parked.clear()
-            try:
-                conn.close()
-            except (pika.exceptions.AMQPError, OSError):
-                pass
+            link.close()
 
-    def _handle(self, ch: Any, props: Any, body: bytes) -> None:
-        ident = props.correlation_id or "unknown"
+    def _serve_arrived(self, link: Link, arrived: list[Delivery], stop: threading.Event) -> bool:
+        """Answer what arrived, one at a time; True (leaving the rest in ``arrived``) when it is time to stop
+        consuming: stopping, halted, or the role changed (so the priority must)."""
+        while True:
+            delivery = arrived.pop(0) if arrived else None
+            if delivery is not None:
+                self._handle(link, delivery)
+                link.ack(delivery.tag)
+            self._answer_waiting(link)
+            if stop.is_set() or self._role_changed.is_set() or self.follower.halted is not None:
+                return True
+            if not arrived:
+                return False
+
+    def _handle(self, link: Link, delivery: Delivery) -> None:
+        ident = delivery.correlation_id or "unknown"
         try:
-            env = open_envelope(body)
+            env = open_envelope(delivery.body)
             ident = env.id
             if env.kind != "query":
                 raise errors.Malformed("a command was sent to the reads queue")
@@ -247,11 +256,11 @@ class ReadServer:
                 if env.min_seq > seq + MAX_AHEAD:
                     raise errors.Lagging(f"replica {self.replica_id} is at seq {seq}, asked for {env.min_seq}: "
                                          f"too far ahead to wait for")
-                channel = str(props.reply_to or "")
+                channel = str(delivery.reply_to or "")
                 if len(self._waiting) >= _MAX_WAITING or self._parked.get(channel, 0) >= _MAX_WAITING_PER_CHANNEL:
                     raise errors.Busy(f"replica {self.replica_id} has too many queries waiting; try again")
                 self._parked[channel] = self._parked.get(channel, 0) + 1
-                self._waiting.append((time.monotonic() + _WAIT_SECONDS, props, env, body))
+                self._waiting.append((time.monotonic() + _WAIT_SECONDS, delivery, env))
                 return
             reply = self._answer(env)
         except errors.CommandRejected as exc:
@@ -260,7 +269,7 @@ class ReadServer:
             log.exception("query %s failed", ident)
             reply = Reply.failure(ident, errors.RemoteError(f"internal error: {exc!r}", code="internal"),
                                   self.replica_id)
-        self._send(ch, props, reply, body)
+        self._send(link, delivery, reply)
 
     def _answer(self, env: Envelope) -> Reply:
         state = self.follower.state
@@ -270,12 +279,12 @@ class ReadServer:
         typed = parse_answer(env.payload.type, result)
         return Reply(id=env.id, ok=True, seq=state.seq, result=typed.to_result(), served_by=self.replica_id)
 
-    def _answer_waiting(self, ch: Any) -> None:
+    def _answer_waiting(self, link: Link) -> None:
         if not self._waiting:
             return
         now, seq = time.monotonic(), self.follower.state.seq
-        still: list[tuple[float, Any, Envelope, bytes]] = []
-        for deadline, props, env, body in self._waiting:
+        still: list[tuple[float, Delivery, Envelope]] = []
+        for deadline, delivery, env in self._waiting:
             if env.min_seq <= seq:
                 try:
                     reply = self._answer(env)
@@ -285,21 +294,21 @@ class ReadServer:
                 reply = Reply.failure(env.id, errors.Lagging(
                     f"replica {self.replica_id} is at seq {seq}, asked for {env.min_seq}"), self.replica_id)
             else:
-                still.append((deadline, props, env, body))
+                still.append((deadline, delivery, env))
                 continue
-            channel = str(props.reply_to or "")
+            channel = str(delivery.reply_to or "")
             left = self._parked.get(channel, 1) - 1
             if left > 0:
                 self._parked[channel] = left
             else:
                 self._parked.pop(channel, None)
-            self._send(ch, props, reply, body)
+            self._send(link, delivery, reply)
         self._waiting = still
 
-    def _send(self, ch: Any, props: Any, reply: Reply, request: bytes) -> None:
+    def _send(self, link: Link, delivery: Delivery, reply: Reply) -> None:
         self.served += 1
-        if props.reply_to:
+        if delivery.reply_to:
             roster = newest_roster(self.follower.state, self.trust)
-            reply = reply.signed_by(self.key, self.replica_id, digest(request), roster.serial if roster else None)
-            ch.basic_publish("", props.reply_to, reply.to_bytes(),
-                             pika.BasicProperties(correlation_id=props.correlation_id))
+            reply = reply.signed_by(self.key, self.replica_id, digest(delivery.body),
+                                    roster.serial if roster else None)
+            link.publish("", delivery.reply_to, reply.to_bytes(), correlation_id=delivery.correlation_id)

@@ -16,13 +16,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import pika
-import pika.exceptions
-
-from broker.client import connect
 from broker.codec import canonical
 from broker.errors import BrokerError
-from broker.topology import Names, declare
+from broker.rabbitmq import RabbitMQ
+from broker.topology import Names
+from broker.transport import Transport
 from broker.trust import raw_public, signed
 from catalog import Catalog
 from ledger.follower import Follower
@@ -53,19 +51,21 @@ class ReplicaConfig:
 class Replica:
     """The composition root of a ledger process."""
 
-    def __init__(self, config: ReplicaConfig, keys: SystemKeys) -> None:
+    def __init__(self, config: ReplicaConfig, keys: SystemKeys, transport: Transport | None = None) -> None:
         self.config = config
+        # The broker seam: RabbitMQ at the configured URL unless a test hands in another.
+        self.transport = transport if transport is not None else RabbitMQ(config.broker_url)
         self.keys = keys
         self.key = keys.replica_key(config.replica_id)  # refuses to start uncertified
         self.trust = keys.trust()
         self.store = Store(config.store_url)
         self.catalog = Catalog()
-        self.follower = Follower(self.store, config.broker_url, config.names, config.replica_id, self.trust,
+        self.follower = Follower(self.store, self.transport, config.names, config.replica_id, self.trust,
                                  self.key, snapshot_every=config.snapshot_every, ledger_key=keys.ledger_key)
         self.follower.listeners.append(self.catalog.on_rows)
-        self.commands = CommandProcessor(self.follower, config.broker_url, config.names, config.replica_id,
+        self.commands = CommandProcessor(self.follower, self.transport, config.names, config.replica_id,
                                          self._context, self.key, self.trust, heartbeat=config.heartbeat)
-        self.reads = ReadServer(self.follower, config.broker_url, config.names, config.replica_id, keys,
+        self.reads = ReadServer(self.follower, self.transport, config.names, config.replica_id, keys,
                                 self.catalog, lambda: self.commands.is_primary, self.key, self.trust)
         self.commands.on_role_change = self.reads.role_changed
         self.follower.publish_snapshots = lambda: self.commands.is_primary
@@ -172,15 +172,21 @@ class Replica:
         last_counts = (0, 0.0)
         while not stop.is_set():
             try:
-                conn = connect(self.config.broker_url, heartbeat=5, name=f"acb-status-{self.config.replica_id}")
-                ch = conn.channel()
-                declare(ch, self.config.names)
+                link = self.transport.open(f"acb-status-{self.config.replica_id}", heartbeat=5)
+            except (OSError, BrokerError) as exc:
+                if stop.is_set():
+                    return
+                log.warning("status publisher cannot reach the broker (%r); trying again", exc)
+                time.sleep(0.5)
+                continue
+            try:
+                link.declare(self.config.names)
                 while not stop.is_set():
                     now = time.monotonic()
                     if self.follower.halted is None:
                         # Ticks only matter to whoever holds the commands queue; stale ones vanish.
-                        ch.basic_publish(self.config.names.commands, "command", b"{}", pika.BasicProperties(
-                            type=TICK, expiration=str(int(self.config.tick_interval * 3000))))
+                        link.publish(self.config.names.commands, "command", b"{}", type=TICK,
+                                     expiration=str(int(self.config.tick_interval * 3000)))
                     if now - last_status >= self.config.status_interval:
                         status = self.status()
                         handled, then = last_counts
@@ -188,12 +194,13 @@ class Replica:
                         status["commands_per_s"] = round(rate, 1)
                         last_counts = (status["commands_handled"], now)
                         body = canonical(signed(self.key, self.config.replica_id, status, "status"))
-                        ch.basic_publish(self.config.names.status, "", body)
+                        link.publish(self.config.names.status, "", body)
                         last_status = now
-                    conn.process_data_events(time_limit=self.config.tick_interval)
-                conn.close()
-            except (pika.exceptions.AMQPError, OSError, BrokerError) as exc:
+                    link.process(self.config.tick_interval)
+            except (OSError, BrokerError) as exc:
                 if stop.is_set():
                     return
                 log.warning("status publisher lost the broker (%r); reconnecting", exc)
                 time.sleep(0.5)
+            finally:
+                link.close()
