@@ -32,9 +32,7 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -42,7 +40,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ledger.launch import Replicas
 
 __all__ = ["BenchFailed", "format_table", "main", "run", "summary_json"]
 
@@ -68,7 +69,7 @@ class _Cluster:
 
     roles: Any  # broker.admin.BrokerRoles
     work: Path
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    replicas: Replicas
 
     @property
     def url(self) -> str:
@@ -81,47 +82,28 @@ class _Cluster:
     @classmethod
     def create(cls, roles: Any) -> _Cluster:
         from ledger.keys import init_system
+        from ledger.launch import Replicas, deployment_env
 
         work = Path(tempfile.mkdtemp(prefix="acb-bench-ledger-"))
         init_system(work)
-        return cls(roles, work)
+        env = deployment_env(os.environ, home=work, prefix=roles.names.prefix, peer_url=roles.peer_url,
+                             replica_url=roles.replica_url, operator_url=roles.operator_url)
+        return cls(roles, work, Replicas(work, env, operator_url=roles.operator_url, names=roles.names))
 
     def start(self, rid: str) -> None:
-        env = {**os.environ, "ACB_HOME": str(self.work), "ACB_PREFIX": self.names.prefix, "ACB_BROKER_URL": self.url,
-               "ACB_REPLICA_BROKER_URL": self.roles.replica_url, "ACB_OPERATOR_BROKER_URL": self.roles.operator_url}
-        env.pop("ACB_STORE_URL", None)
-        cmd = [sys.executable, "-m", "peer.cli", "ledger", "run", "--replica-id", rid,
-               "--store", f"sqlite:///{self.work / (rid + '.db')}"]
-        with (self.work / f"{rid}.log").open("ab") as log:  # the child keeps its own descriptor
-            self.procs[rid] = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        self.replicas.start(rid)
 
     def wait_ready(self, replicas: int, timeout: float = 60.0) -> dict[str, Any]:
         """Wait until every replica reports and one of them is primary; return the primary's status."""
-        from console.status import collect_status
+        from ledger.launch import LaunchError
 
-        deadline = time.monotonic() + timeout
-        rows: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
-            dead = {rid: p.returncode for rid, p in self.procs.items() if p.poll() is not None}
-            if dead:
-                raise BenchFailed(f"replica(s) exited before the run: {dead}; logs in {self.work}")
-            rows = collect_status(self.roles.operator_url, self.names, 1.2, home=self.work)
-            primaries = [r for r in rows if r["role"] == "primary"]
-            if len(rows) >= replicas and len(primaries) == 1:
-                return primaries[0]
-        raise BenchFailed(f"no primary among {replicas} replica(s) within {timeout:.0f} s; last status: {rows}")
+        try:
+            return self.replicas.wait_ready(replicas, timeout)
+        except LaunchError as exc:
+            raise BenchFailed(f"{replicas} replica(s) not ready: {exc}") from exc
 
     def close(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.procs.clear()
+        self.replicas.close()
         shutil.rmtree(self.work, ignore_errors=True)
 
 
@@ -275,11 +257,10 @@ def run(commands: int = 3000, replicas: int = 1, *, sequential: int | None = Non
         url: str | None = None, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the benchmark and return its summary (see the module docstring); raise BenchFailed on a bad answer."""
     from broker.admin import AdminApi, amqp_base, read_admin_url, scratch_roles
-    from broker.settings import load_environment
 
-    env = load_environment()
-    base = url or env.broker_url
-    with scratch_roles(AdminApi(read_admin_url(env.home)), prefix="bench", label="bench",
+    home = Path(os.environ.get("ACB_HOME") or Path.home() / ".acb")
+    base = url or os.environ.get("ACB_BROKER_URL")
+    with scratch_roles(AdminApi(read_admin_url(home)), prefix="bench", label="bench",
                        amqp=amqp_base(base) if base else None) as roles:
         return _run(roles, commands, replicas, sequential, repeats, say)
 

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -37,11 +36,10 @@ from typing import Any
 from broker import commands as c
 from broker.client import BrokerClient
 from broker.errors import BrokerError
-from broker.settings import load_environment
 from broker.topology import Names
 from broker.trust import Trust
 from console.netns import NetnsLink, netns_available
-from console.status import collect_status
+from ledger.launch import ACB_COMMAND, LaunchError, Replicas, deployment_env
 
 __all__ = ["drill", "main"]
 
@@ -49,40 +47,14 @@ FAULTS = ("kill", "pause", "cut", "broker")
 DEFAULT_FAULTS = ("kill", "pause", "cut")
 
 
-@dataclass
-class _Replica:
-    rid: str
-    store: str
-    log: Path
-    env: dict[str, str]
-    link: NetnsLink | None = None
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        cmd = [sys.executable, "-m", "peer.cli", "ledger", "run", "--replica-id", self.rid, "--store", self.store,
-               "--hold-ttl", "600"]
-        env = dict(self.env)
-        if self.link is not None:
-            for var in ("ACB_BROKER_URL", "ACB_REPLICA_BROKER_URL"):
-                env[var] = self.link.broker_url(env[var])
-            cmd = ["ip", "netns", "exec", self.link.ns] + cmd
-        with self.log.open("ab") as log:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
-
-    def signal(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.signal(signal.SIGCONT)
-        self.signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def _start(procs: Replicas, rid: str, link: NetnsLink | None) -> None:
+    """Start a replica; with a link, inside the link's network namespace, reaching the broker through it."""
+    env: dict[str, str] = {}
+    wrap: tuple[str, ...] = ()
+    if link is not None:
+        env = {var: link.broker_url(procs.env[var]) for var in ("ACB_BROKER_URL", "ACB_REPLICA_BROKER_URL")}
+        wrap = ("ip", "netns", "exec", link.ns)
+    procs.start(rid, "--hold-ttl", "600", env=env, wrap=wrap)
 
 
 @dataclass
@@ -148,24 +120,21 @@ def _buyer(load: _Load, url: str, names: Names, home: Path, consumer: Any, provi
         seller.broker.close()
 
 
-def _primary(url: str, names: Names, replicas: dict[str, _Replica], wait: float = 1.5, *,
-             home: Path) -> tuple[str | None, int]:
-    rows = collect_status(url, names, wait, home=home)
-    prim = [r for r in rows if r["role"] == "primary" and r["replica"] in replicas]
-    if not prim:
+def _primary(procs: Replicas, wait: float = 1.5) -> tuple[str | None, int]:
+    rows = procs.status(wait)
+    best = procs.primary(rows)
+    if best is None:
         return None, max((r["epoch"] for r in rows), default=0)
-    best = max(prim, key=lambda r: r["epoch"])
     return best["replica"], best["epoch"]
 
 
-def _await_new_primary(url: str, names: Names, replicas: dict[str, _Replica], old: str, epoch: int,
-                       timeout: float, *, home: Path) -> str | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rid, ep = _primary(url, names, replicas, 1.1, home=home)
-        if rid is not None and rid != old and ep > epoch:
-            return rid
-    return None
+def _await_new_primary(procs: Replicas, old: str, epoch: int, timeout: float) -> str | None:
+    # A replica the drill struck may be dead or frozen on purpose: waiting does not fail on it (check=False).
+    try:
+        return str(procs.wait_primary(timeout, other_than=old or None, after_epoch=epoch, wait=1.1,
+                                      check=False)["replica"])
+    except LaunchError:
+        return None
 
 
 def drill(replicas: int = 3, rounds: int = 5, *, clients: int = 4, faults: tuple[str, ...] = DEFAULT_FAULTS,
@@ -178,7 +147,7 @@ def drill(replicas: int = 3, rounds: int = 5, *, clients: int = 4, faults: tuple
     """
     from broker.admin import AdminApi, amqp_base, read_admin_url, scratch_roles
 
-    home = home or load_environment().home
+    home = home or Path(os.environ.get("ACB_HOME") or Path.home() / ".acb")
     api = AdminApi(read_admin_url(home))
     with scratch_roles(api, prefix="drill", label="drill", amqp=amqp_base(url) if url else None, keep=keep) as roles:
         return _drill(roles, replicas, rounds, clients=clients, faults=faults, round_seconds=round_seconds, say=say,
@@ -196,24 +165,19 @@ def _drill(roles: Any, replicas: int, rounds: int, *, clients: int, faults: tupl
         faults = tuple(f for f in faults if f != "cut") or ("kill",)
     work = Path(tempfile.mkdtemp(prefix="acb-drill-"))
     init_system(work)
-    env = {**os.environ, "ACB_HOME": str(work), "ACB_PREFIX": names.prefix, "ACB_BROKER_URL": url,
-           "ACB_REPLICA_BROKER_URL": roles.replica_url, "ACB_OPERATOR_BROKER_URL": roles.operator_url}
-    env.pop("ACB_OPERATOR_KEY", None)
-    env.pop("ACB_STORE_URL", None)
-    procs: dict[str, _Replica] = {}
-    links: list[NetnsLink] = []
+    env = deployment_env(os.environ, home=work, prefix=names.prefix, peer_url=url, replica_url=roles.replica_url,
+                         operator_url=roles.operator_url)
+    procs = Replicas(work, env, operator_url=roles.operator_url, names=names)
+    links: dict[str, NetnsLink] = {}
     load = _Load()
     threads: list[threading.Thread] = []
     outcome: dict[str, Any] = {}
     try:
         for i in range(replicas):
             rid = f"r{i + 1}"
-            link = None
             if "cut" in faults:
-                link = NetnsLink.create(f"acbd{os.getpid() % 10000}x{i}", index=i)
-                links.append(link)
-            procs[rid] = _Replica(rid, f"sqlite:///{work / (rid + '.db')}", work / f"{rid}.log", env, link)
-            procs[rid].start()
+                links[rid] = NetnsLink.create(f"acbd{os.getpid() % 10000}x{i}", index=i)
+            _start(procs, rid, links.get(rid))
         say(f"started {replicas} replicas on prefix {names.prefix} (logs in {work})")
         admin = Client(BrokerClient(url, names, trust=Trust.load(work)), work)
         admin.ledger_info()
@@ -242,21 +206,18 @@ def _drill(roles: Any, replicas: int, rounds: int, *, clients: int, faults: tupl
         for n in range(rounds):
             time.sleep(round_seconds)
             fault = faults[n % len(faults)]
-            old, epoch = _primary(roles.operator_url, names, procs, home=work)
+            old, epoch = _primary(procs)
             if old is None:
                 say(f"round {n + 1}: no primary visible; waiting")
-                old = _await_new_primary(roles.operator_url, names, procs, "", 0, 15, home=work)
+                old = _await_new_primary(procs, "", 0, 15)
                 epoch = 0
                 if old is None:
                     raise RuntimeError("no primary emerged")
-            victim = procs[old]
             strike = time.monotonic()
             if fault == "kill":
-                victim.signal(signal.SIGKILL)
-                assert victim.proc is not None
-                victim.proc.wait()
+                procs.kill(old)
             elif fault == "pause":
-                victim.signal(signal.SIGSTOP)
+                procs.pause(old)
             elif fault == "broker":
                 # The whole broker goes away and comes back: every connection breaks at once.
                 subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True, timeout=120)
@@ -264,20 +225,18 @@ def _drill(roles: Any, replicas: int, rounds: int, *, clients: int, faults: tupl
                 subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True, timeout=120)
                 subprocess.run(["rabbitmqctl", "await_startup"], check=True, capture_output=True, timeout=120)
             else:
-                assert victim.link is not None
-                victim.link.cut()
-            new = (_await_new_primary(roles.operator_url, names, procs, "", epoch, 60, home=work) if fault == "broker"
-                   else _await_new_primary(roles.operator_url, names, procs, old, epoch, 30, home=work))
+                links[old].cut()
+            new = (_await_new_primary(procs, "", epoch, 60) if fault == "broker"
+                   else _await_new_primary(procs, old, epoch, 30))
             took = time.monotonic() - strike
             if fault == "kill":
-                victim.start()
+                procs.restart(old)  # as it was started: it rejoins as a backup
             elif fault == "pause":
-                victim.signal(signal.SIGCONT)
+                procs.resume(old)
             elif fault == "broker":
                 pass
             else:
-                assert victim.link is not None
-                victim.link.restore()
+                links[old].restore()
             time.sleep(1.0)
             with load.lock:
                 waits = [done - sent for sent, done in load.waits if done >= strike]
@@ -292,16 +251,14 @@ def _drill(roles: Any, replicas: int, rounds: int, *, clients: int, faults: tupl
             t.join(150)
         say(f"load stopped: {len(load.acked)} commands acknowledged, {len(load.errors)} client errors")
         # Let every replica apply everything, then stop them and audit their stores.
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            rows = collect_status(roles.operator_url, names, 1.2, home=work)
-            if len(rows) == replicas and len({r["seq"] for r in rows}) == 1:
-                break
-        for r in procs.values():
-            r.stop()
+        try:
+            procs.wait_caught_up(replicas, 60, check=False)
+        except LaunchError:
+            pass  # the audits below say what differs
+        procs.stop_all()
         audits = {}
-        for rid, r in procs.items():
-            out = subprocess.run([sys.executable, "-m", "peer.cli", "audit", "verify", "--store", r.store, "--json",
+        for rid in procs.ids:
+            out = subprocess.run([*ACB_COMMAND, "audit", "verify", "--store", procs.store(rid), "--json",
                                   "--commands"], env=env, capture_output=True, text=True, timeout=600)
             audits[rid] = json.loads(out.stdout.strip().splitlines()[-1])
         logged = set.intersection(*(set(a["command_ids"]) for a in audits.values()))
@@ -312,8 +269,8 @@ def _drill(roles: Any, replicas: int, rounds: int, *, clients: int, faults: tupl
         # Replicas stopped one after another may differ by a last epoch announcement: compare at one sequence.
         common = min(a["head_seq"] for a in audits.values())
         hashes = {}
-        for rid, r in procs.items():
-            out = subprocess.run([sys.executable, "-m", "peer.cli", "audit", "hash", "--store", r.store, "--at",
+        for rid in procs.ids:
+            out = subprocess.run([*ACB_COMMAND, "audit", "hash", "--store", procs.store(rid), "--at",
                                   str(common), "--json"], env=env, capture_output=True, text=True, timeout=600)
             hashes[rid] = json.loads(out.stdout.strip().splitlines()[-1])["state_hash"]
         identical = len(set(hashes.values())) == 1
@@ -337,9 +294,8 @@ def _drill(roles: Any, replicas: int, rounds: int, *, clients: int, faults: tupl
         return outcome
     finally:
         load.stop.set()
-        for r in procs.values():
-            r.stop()
-        for link in links:
+        procs.close()
+        for link in links.values():
             link.destroy()
         if not keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -28,10 +28,11 @@ from broker.client import BrokerClient
 from broker.errors import BrokerError
 from broker.money import fee as commission
 from broker.money import format_minor
-from broker.settings import Settings
 from broker.trust import Trust
 from ledger.keys import init_system, load_operator_key
+from ledger.launch import ACB_COMMAND, Replicas, deployment_env
 from peer.client import Client
+from peer.config import Settings
 
 __all__ = ["run_demo"]
 
@@ -64,12 +65,11 @@ class _Narrator:
         print(f"       {text}", flush=True)
 
 
-def _wait_ready(client: Client, procs: list[subprocess.Popen[bytes]], timeout: float = 30.0) -> dict[str, Any]:
+def _wait_ready(client: Client, replicas: Replicas, timeout: float = 30.0) -> dict[str, Any]:
+    # The ledger's own answer is the readiness wanted here (the demo prints its commission), so ask it.
     deadline = time.monotonic() + timeout
     while True:
-        for p in procs:
-            if p.poll() is not None:
-                raise RuntimeError(f"ledger exited early with code {p.returncode}")
+        replicas.check()
         try:
             return client.ask(q.LedgerInfo(), signed=False, timeout=2.0)
         except BrokerError:
@@ -90,20 +90,16 @@ def _run(args: argparse.Namespace, roles: BrokerRoles) -> int:
     say = _Narrator()
     work = Path(tempfile.mkdtemp(prefix="acb-demo-"))
     names = roles.names
-    env = {**os.environ, "ACB_HOME": str(work), "ACB_PREFIX": names.prefix, "ACB_BROKER_URL": roles.peer_url,
-           "ACB_REPLICA_BROKER_URL": roles.replica_url, "ACB_OPERATOR_BROKER_URL": roles.operator_url}
-    env.pop("ACB_STORE_URL", None)
-    env.pop("ACB_OPERATOR_KEY", None)
-    procs: list[subprocess.Popen[bytes]] = []
-    acb = [sys.executable, "-m", "peer.cli"]
+    env = deployment_env(os.environ, home=work, prefix=names.prefix, peer_url=roles.peer_url,
+                         replica_url=roles.replica_url, operator_url=roles.operator_url)
+    replicas = Replicas(work, env, operator_url=roles.operator_url, names=names, stop_timeout=10)
+    server: subprocess.Popen[bytes] | None = None
     try:
         say(f"setting up in {work} on RabbitMQ vhost {roles.vhost} (private, with its own peer and replica "
             "accounts; removed afterwards)")
         init_system(work)
         store = f"sqlite:///{work / 'ledger.db'}"
-        with (work / "ledger.log").open("wb") as log:  # the child keeps its own descriptor
-            procs.append(subprocess.Popen(acb + ["ledger", "run", "--replica-id", "demo-ledger", "--store", store],
-                                          env=env, stdout=subprocess.DEVNULL, stderr=log))
+        replicas.start("demo-ledger", store=store, log=work / "ledger.log")
         brokers: list[BrokerClient] = []
 
         trust = Trust.load(work)
@@ -114,7 +110,7 @@ def _run(args: argparse.Namespace, roles: BrokerRoles) -> int:
             return Client(b, work)
 
         operator, alice, bob = client(), client(), client()
-        info = _wait_ready(operator, procs)
+        info = _wait_ready(operator, replicas)
         say(f"ledger replica running (event store {store}); commission {info['fee_bps']} basis points")
 
         alice.register("alice", "alice-password-1")
@@ -136,9 +132,8 @@ def _run(args: argparse.Namespace, roles: BrokerRoles) -> int:
 
         serve_env = {**env, "ACB_USER": "alice"}
         with (work / "serve.log").open("wb") as log:
-            server = subprocess.Popen(acb + ["serve", "--listen", f"127.0.0.1:{port}"], env=serve_env,
+            server = subprocess.Popen([*ACB_COMMAND, "serve", "--listen", f"127.0.0.1:{port}"], env=serve_env,
                                       stdout=subprocess.PIPE, stderr=log)
-        procs.append(server)
         assert server.stdout is not None
         line = server.stdout.readline().decode().strip()
         if not line.startswith("serving"):
@@ -184,17 +179,17 @@ def _run(args: argparse.Namespace, roles: BrokerRoles) -> int:
             b.close()
         return 0 if ok else 1
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
+        if server is not None:
+            if server.poll() is None:
+                server.terminate()
             try:
-                p.wait(10)
+                server.wait(10)
             except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-            if p.stdout is not None:
-                p.stdout.close()
+                server.kill()
+                server.wait()
+            if server.stdout is not None:
+                server.stdout.close()
+        replicas.close()
         if not getattr(args, "keep", False):
             shutil.rmtree(work, ignore_errors=True)
         else:
