@@ -77,6 +77,8 @@ class Row:
     command_id: str | None
     type: str
     version: int
+    # The event as its writer wrote it; stored canonically, which are the very bytes its hash and the writer's
+    # signature cover, and parsed (upcast) only when read, so stored bytes never depend on the code version.
     payload: dict[str, Any]
     reply: dict[str, Any] | None
     prev_hash: str
