@@ -11,7 +11,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from peer.transfer.errors import TransferCancelled
 
@@ -23,16 +23,22 @@ class TransferControl:
 
     ``priority`` is carried for a :class:`BandwidthScheduler`, which weighs the
     share of a global budget by it; the transfer itself does not look at it.
+    ``clock`` and ``sleep`` are for tests of the bucket: by default a rate wait
+    waits on the control's condition, so pause, cancel and a new limit wake it.
     """
 
-    def __init__(self, rate_limit_bps: int | None = None, priority: int = 0) -> None:
+    def __init__(self, rate_limit_bps: int | None = None, priority: int = 0, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], object] | None = None) -> None:
         self.priority = priority
         self._cond = threading.Condition()
+        self._clock = clock
+        self._sleep = sleep or self._cond.wait
         self._paused = False
         self._cancelled = False
         self._rate: float | None = None
         self._tokens = 0.0
-        self._stamp = time.monotonic()
+        self._stamp = clock()
         self._sockets: list[socket.socket] = []
         self.set_rate_limit(rate_limit_bps)
 
@@ -96,7 +102,7 @@ class TransferControl:
         with self._cond:
             self._rate = float(rate_limit_bps) if rate_limit_bps else None
             self._tokens = 0.0
-            self._stamp = time.monotonic()
+            self._stamp = self._clock()
             self._cond.notify_all()
 
     @property
@@ -123,16 +129,16 @@ class TransferControl:
                     self._cond.wait()
                 # No credit for the time spent paused.
                 self._tokens = 0.0
-                self._stamp = time.monotonic()
-            now = time.monotonic()
+                self._stamp = self._clock()
+            now = self._clock()
             # A quarter second of burst keeps the average honest without stalls.
             burst = self._rate / 4
             self._tokens = min(burst, self._tokens + (now - self._stamp) * self._rate)
             self._stamp = now
             self._tokens -= nbytes
             while self._tokens < 0 and not self._cancelled and self._rate is not None:
-                self._cond.wait(-self._tokens / self._rate)
-                now = time.monotonic()
+                self._sleep(-self._tokens / self._rate)
+                now = self._clock()
                 if self._rate is not None:
                     self._tokens += (now - self._stamp) * self._rate
                 self._stamp = now

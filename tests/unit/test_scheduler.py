@@ -102,6 +102,8 @@ def test_cancel_wakes_a_paused_throttle() -> None:
 
     t = threading.Thread(target=run)
     t.start()
+    # Not a wait for anything: a head start, so cancel usually finds the thread asleep in the pause.
+    # Had it not got there, throttle would see the flag on entry and raise just the same.
     time.sleep(0.1)
     control.cancel()
     t.join(2)

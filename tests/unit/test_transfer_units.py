@@ -18,6 +18,7 @@ from peer.transfer import TransferCancelled, TransferControl, TransferRefused, p
 from peer.transfer.errors import JournalError, ProtocolError
 from peer.transfer.journal import DownloadStore, slot_size
 from peer.transfer.tls import certificate_login, certificate_public_key, make_certificate
+from tests.support.waiting import FakeClock
 
 SEG = 4096 * 2
 KEY = Ed25519PrivateKey.generate()
@@ -120,12 +121,18 @@ def test_sale_id_must_be_a_plain_file_name(tmp_path: Path) -> None:
 
 
 def test_token_bucket_limits_the_rate() -> None:
-    control = TransferControl(rate_limit_bps=1_000_000)
-    began = time.monotonic()
+    # Powers of two keep the clock's sums exact: the bucket's arithmetic is checked to the last bit.
+    clock = FakeClock()
+    control = TransferControl(rate_limit_bps=1 << 20, clock=clock, sleep=clock.advance)
+    began = clock()
     for _ in range(10):
-        control.throttle(50_000)
-    elapsed = time.monotonic() - began
-    assert 0.4 <= elapsed < 2.0  # 500 kB at 1 MB/s
+        control.throttle(1 << 16)
+    assert clock() - began == 0.625  # 640 KiB at 1 MiB/s, from an empty bucket
+    clock.advance(10.0)  # idle: the bucket refills to a quarter second of burst and no further
+    control.throttle(1 << 18)
+    assert clock() - began == 10.625
+    control.throttle(1 << 17)
+    assert clock() - began == 10.75
 
 
 def test_pause_blocks_until_resume_and_cancel_wakes_everyone() -> None:
@@ -134,8 +141,7 @@ def test_pause_blocks_until_resume_and_cancel_wakes_everyone() -> None:
     passed = threading.Event()
     t = threading.Thread(target=lambda: (control.check(), passed.set()))
     t.start()
-    time.sleep(0.05)
-    assert not passed.is_set()
+    assert not passed.wait(0.05)  # the observation: paused, it does not pass
     control.resume()
     t.join(2)
     assert passed.is_set()
@@ -150,6 +156,8 @@ def test_pause_blocks_until_resume_and_cancel_wakes_everyone() -> None:
 
     t = threading.Thread(target=wait)
     t.start()
+    # Not a wait for anything: a head start, so cancel usually finds the thread asleep in the bucket.
+    # Had it not got there, throttle would see the flag on entry and raise just the same.
     time.sleep(0.05)
     slow.cancel()
     t.join(2)
