@@ -19,8 +19,8 @@ from broker.envelope import new_id
 from ledger import events as ev
 from ledger.keys import load_operator_key
 from peer.client import Client
-from tests.support.cluster import Cluster
 from tests.support.attacker import Attacker, Forger
+from tests.support.cluster import Cluster
 
 pytestmark = pytest.mark.timeout(180)
 
