@@ -50,8 +50,8 @@ class Shop:
 
 
 @pytest.fixture
-def open_shop(deployment: Deployment, tmp_path: Path) -> Iterator[Callable[[str, str], Shop]]:
-    """``open_shop(seller, buyer)``: the seller serves a 2.00 document, the buyer holds 100.00 (logins unique)."""
+def open_gui_shop(deployment: Deployment, tmp_path: Path) -> Iterator[Callable[[str, str], Shop]]:
+    """``open_gui_shop(seller, buyer)``: the seller serves a 2.00 document, the buyer holds 100.00 (logins unique)."""
     services: list[ProviderService] = []
 
     def make(seller: str, buyer: str) -> Shop:
@@ -114,8 +114,8 @@ def _shoot(window: QWidget, dialog: QWidget, path: Path) -> None:
 
 
 def test_a_changed_price_is_asked_again_and_never_paid_without_a_second_yes(
-        qtbot: Any, open_shop: Callable[[str, str], Shop], tmp_path: Path) -> None:
-    shop = open_shop("alice", "bob")
+        qtbot: Any, open_gui_shop: Callable[[str, str], Shop], tmp_path: Path) -> None:
+    shop = open_gui_shop("alice", "bob")
     window = _window(qtbot, shop, tmp_path)
     hit = next(h for h in window.state.hits if h.doc_id == shop.doc_id)
     assert hit.price == 200
@@ -167,8 +167,8 @@ def test_a_changed_price_is_asked_again_and_never_paid_without_a_second_yes(
 
 
 def test_a_price_that_did_not_change_is_bought_without_a_second_question(
-        qtbot: Any, open_shop: Callable[[str, str], Shop], tmp_path: Path) -> None:
-    shop = open_shop("amy", "ben")
+        qtbot: Any, open_gui_shop: Callable[[str, str], Shop], tmp_path: Path) -> None:
+    shop = open_gui_shop("amy", "ben")
     window = _window(qtbot, shop, tmp_path)
     window.confirm_actions = False
     hit = next(h for h in window.state.hits if h.doc_id == shop.doc_id)

@@ -16,7 +16,8 @@ from tests.conftest import Book
 
 
 @pytest.fixture
-def book() -> Book:
+def settled_book() -> Book:
+    """alice sold doc-1 to bob for 1000, escrowed and settled."""
     b = Book()
     for login in ("alice", "bob"):
         b.register(login)
@@ -34,53 +35,53 @@ def stored(tmp_path: Path, rows: list[Row]) -> Store:
     return store
 
 
-def test_an_honest_store_verifies_with_every_signature(book: Book, tmp_path: Path) -> None:
-    store = stored(tmp_path, book.rows)
-    report = audit(store, operator_key=book.operator_public)
+def test_an_honest_store_verifies_with_every_signature(settled_book: Book, tmp_path: Path) -> None:
+    store = stored(tmp_path, settled_book.rows)
+    report = audit(store, operator_key=settled_book.operator_public)
     store.close()
     assert report.ok, report.violations
-    assert report.signed_entries == len(book.log) and report.signatures_checked
+    assert report.signed_entries == len(settled_book.log) and report.signatures_checked
 
 
-def test_the_wrong_operator_key_finds_no_certified_writer(book: Book, tmp_path: Path) -> None:
-    store = stored(tmp_path, book.rows)
+def test_the_wrong_operator_key_finds_no_certified_writer(settled_book: Book, tmp_path: Path) -> None:
+    store = stored(tmp_path, settled_book.rows)
     report = audit(store, operator_key=raw_public(Ed25519PrivateKey.generate()))
     store.close()
     assert not report.ok and "not signed by the operator" in report.violations[0]
 
 
-def test_an_event_rewritten_with_its_chain_recomputed_is_caught_by_its_signature(book: Book, tmp_path: Path) -> None:
+def test_an_event_rewritten_with_its_chain_recomputed_is_caught_by_its_signature(settled_book: Book, tmp_path: Path) -> None:
     # A forger with write access to the store rebuilds the whole log with a deposit of his own; the hash
     # chain is sound, but he holds neither the operator's key nor a certified replica's.
-    forged = Book(ledger_key=book.ledger_key)
-    for member in book.members.values():
+    forged = Book(ledger_key=settled_book.ledger_key)
+    for member in settled_book.members.values():
         forged.members[member.login] = member
         forged.submit(member.registration(), member.login)
     forged.submit(c.Deposit(account="bob", amount=500_000), c.OPERATOR)
     rows = forged.rows
     store = stored(tmp_path, rows)
-    report = audit(store, operator_key=book.operator_public)
+    report = audit(store, operator_key=settled_book.operator_public)
     store.close()
     assert not report.ok
     assert any("not signed by the operator" in v for v in report.violations)
 
 
-def test_stored_events_that_differ_from_the_signed_entry_are_caught(book: Book, tmp_path: Path) -> None:
-    rows = list(book.rows)
+def test_stored_events_that_differ_from_the_signed_entry_are_caught(settled_book: Book, tmp_path: Path) -> None:
+    rows = list(settled_book.rows)
     i = next(k for k, r in enumerate(rows) if r.type == "deposited")
     entry = dict(rows[i].entry or {})
     entry["events"] = [ev.Deposited(account="bob", amount=999_999).model_dump(mode="json")]
     rows[i] = dataclasses.replace(rows[i], entry=entry)
     store = stored(tmp_path, rows)
-    report = audit(store, operator_key=book.operator_public)
+    report = audit(store, operator_key=settled_book.operator_public)
     store.close()
     assert any(v.startswith(f"seq {rows[i].seq}:") for v in report.violations), report.violations
 
 
-def test_events_with_no_signed_entry_behind_them_are_reported(book: Book, tmp_path: Path) -> None:
-    rows = [dataclasses.replace(r, entry=None) for r in book.rows]
+def test_events_with_no_signed_entry_behind_them_are_reported(settled_book: Book, tmp_path: Path) -> None:
+    rows = [dataclasses.replace(r, entry=None) for r in settled_book.rows]
     store = stored(tmp_path, rows)
-    report = audit(store, operator_key=book.operator_public)
+    report = audit(store, operator_key=settled_book.operator_public)
     store.close()
     assert any("no signed entry stands behind" in v for v in report.violations)
     # Without the operator's key the chain alone still checks out: signatures are what the key adds.
@@ -89,16 +90,16 @@ def test_events_with_no_signed_entry_behind_them_are_reported(book: Book, tmp_pa
     store.close()
 
 
-def test_an_announcement_that_landed_after_entries_its_writer_had_not_seen_is_sound(book: Book,
+def test_an_announcement_that_landed_after_entries_its_writer_had_not_seen_is_sound(settled_book: Book,
                                                                                    tmp_path: Path) -> None:
     # r2 announced from an older view of the log; the announcement still takes effect where it lands.
-    book.certify("r2")
-    stale = book.entry([ev.EpochStarted(epoch=2, replica="r2", roster=book.roster.to_wire() if book.roster else None)],
+    settled_book.certify("r2")
+    stale = settled_book.entry([ev.EpochStarted(epoch=2, replica="r2", roster=settled_book.roster.to_wire() if settled_book.roster else None)],
                        epoch=2, writer="r2", expected_seq=3, prev_hash="0" * 64)
     from ledger.log import ACCEPTED
 
-    assert book.fold(stale).verdict == ACCEPTED
-    store = stored(tmp_path, book.rows)
-    report = audit(store, operator_key=book.operator_public)
+    assert settled_book.fold(stale).verdict == ACCEPTED
+    store = stored(tmp_path, settled_book.rows)
+    report = audit(store, operator_key=settled_book.operator_public)
     store.close()
     assert report.ok, report.violations

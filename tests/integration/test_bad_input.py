@@ -102,7 +102,7 @@ def _escrow(client: Client, ledger_public: bytes, sale_id: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def world(deployment: Deployment) -> Iterator[World]:
+def bad_input_world(deployment: Deployment) -> Iterator[World]:
     clients = {login: deployment.client() for login in ("alice", "bob", "carol", "dave")}
     for login, client in clients.items():
         client.register(login, f"password of {login}")
@@ -263,56 +263,56 @@ CASES = [
 
 
 @pytest.mark.parametrize(("build", "code", "message", "dead"), CASES)
-def test_bad_command_is_refused_and_changes_nothing(world: World, build: Any, code: str, message: str,
+def test_bad_command_is_refused_and_changes_nothing(bad_input_world: World, build: Any, code: str, message: str,
                                                     dead: bool) -> None:
-    before = world.snapshot()
-    body, ident = build(world)
-    reply = world.raw.send(body, ident)
+    before = bad_input_world.snapshot()
+    body, ident = build(bad_input_world)
+    reply = bad_input_world.raw.send(body, ident)
     assert not reply.ok
     assert reply.error is not None
     assert reply.error["code"] == code, reply.error
     assert message in reply.error["message"]
     assert reply.id == ident
-    assert world.snapshot() == before
+    assert bad_input_world.snapshot() == before
 
     if dead:
-        props, dead_body = world.raw.dead_letter(ident)
+        props, dead_body = bad_input_world.raw.dead_letter(ident)
         assert dead_body == body
         assert message in props.headers["x-acb-reason"]
         assert props.headers["x-acb-replica"] == "r1"
 
     # The ledger goes on: the next good command is applied right after.
-    good, good_id = world.signed(c.Deposit(account="dave", amount=1), c.OPERATOR)
-    after = world.raw.send(good, good_id)
+    good, good_id = bad_input_world.signed(c.Deposit(account="dave", amount=1), c.OPERATOR)
+    after = bad_input_world.raw.send(good, good_id)
     assert after.ok, after.error
     assert after.seq == before[0] + 1
-    assert world.deployment.state.balance("dave") == before[2].get("dave", 0) + 1
+    assert bad_input_world.deployment.state.balance("dave") == before[2].get("dave", 0) + 1
 
 
-def test_a_refused_command_retried_gets_the_same_answer(world: World) -> None:
-    body, ident = _insufficient_funds(world)
-    first = world.raw.send(body, ident)
-    world.clients["alice"].send(c.Deposit(account="carol", amount=5000), sender=c.OPERATOR, key=world.operator)
-    second = world.raw.send(body, ident)
+def test_a_refused_command_retried_gets_the_same_answer(bad_input_world: World) -> None:
+    body, ident = _insufficient_funds(bad_input_world)
+    first = bad_input_world.raw.send(body, ident)
+    bad_input_world.clients["alice"].send(c.Deposit(account="carol", amount=5000), sender=c.OPERATOR, key=bad_input_world.operator)
+    second = bad_input_world.raw.send(body, ident)
     assert (first.ok, second.ok) == (False, False)
     assert first.error == second.error
 
 
-def test_wrong_password_fails_on_the_client_and_changes_nothing(world: World, tmp_path: Path) -> None:
-    before = world.snapshot()
-    keystore = world.deployment.state.users["bob"].keystore
+def test_wrong_password_fails_on_the_client_and_changes_nothing(bad_input_world: World, tmp_path: Path) -> None:
+    before = bad_input_world.snapshot()
+    keystore = bad_input_world.deployment.state.users["bob"].keystore
     with pytest.raises(WrongPassword, match="wrong password for bob"):
         open_keystore(keystore, "not the password")
-    elsewhere = Client(BrokerClient(world.deployment.url, world.deployment.names), tmp_path)
+    elsewhere = Client(BrokerClient(bad_input_world.deployment.url, bad_input_world.deployment.names), tmp_path)
     try:
         with pytest.raises(WrongPassword):
             elsewhere.login("bob", "not the password")
         assert elsewhere.identity is None
-        assert world.snapshot() == before
+        assert bad_input_world.snapshot() == before
         result = elsewhere.login("bob", "password of bob")
         assert result["login"] == "bob"
         assert elsewhere.identity is not None
-        assert elsewhere.identity.sign_public == world.clients["bob"].identity.sign_public
+        assert elsewhere.identity.sign_public == bad_input_world.clients["bob"].identity.sign_public
     finally:
         elsewhere.broker.close()
-    assert world.snapshot() == before
+    assert bad_input_world.snapshot() == before

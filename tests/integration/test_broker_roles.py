@@ -73,7 +73,8 @@ class Running:
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+def replica_on_roles(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """r1 primary on a role vhost of the module's own, and a peer client (not the transfer tests' ``running``)."""
     from ledger.keys import init_system, load_system
     from ledger.replica import Replica, ReplicaConfig
     from peer.client import Client
@@ -160,18 +161,18 @@ def consume(queue: str, **arguments: Any) -> Action:
 
 # -- what a peer can no longer do -------------------------------------------------------------------
 
-def test_the_peer_can_still_send_commands_and_queries_and_get_replies(running: Running) -> None:
-    info = running.answers()
+def test_the_peer_can_still_send_commands_and_queries_and_get_replies(replica_on_roles: Running) -> None:
+    info = replica_on_roles.answers()
     assert info["primary"] == "r1"
-    before = running.head()
-    running.peer.register("alice", "alice-password-1")  # a command, answered once its entry is in the log
-    assert running.head() > before
-    assert running.peer.balance()["available"] == 0  # a signed private query
+    before = replica_on_roles.head()
+    replica_on_roles.peer.register("alice", "alice-password-1")  # a command, answered once its entry is in the log
+    assert replica_on_roles.head() > before
+    assert replica_on_roles.peer.balance()["available"] == 0  # a signed private query
 
 
-def test_a_peer_cannot_declare_bind_or_delete_anything(running: Running) -> None:
-    rv, n = running.rv, running.names
-    running.answers()  # the replica has declared everything
+def test_a_peer_cannot_declare_bind_or_delete_anything(replica_on_roles: Running) -> None:
+    rv, n = replica_on_roles.rv, replica_on_roles.names
+    replica_on_roles.answers()  # the replica has declared everything
     before = topology_of(rv)
     assert {n.commands, n.log, n.snapshots, n.reads, n.dlq} <= before[0]
     assert {n.commands, n.reads, n.status, n.dlx} <= before[1]
@@ -200,27 +201,27 @@ def test_a_peer_cannot_declare_bind_or_delete_anything(running: Running) -> None
         assert (err.reply_code, err.reply_text.split(" ")[0]) == (403, "ACCESS_REFUSED"), what
 
     assert topology_of(rv) == before
-    assert running.answers()["primary"] == "r1"
+    assert replica_on_roles.answers()["primary"] == "r1"
 
 
-def test_a_peer_cannot_consume_or_read_any_queue_or_stream(running: Running) -> None:
-    n = running.names
-    head = running.head()
+def test_a_peer_cannot_consume_or_read_any_queue_or_stream(replica_on_roles: Running) -> None:
+    n = replica_on_roles.names
+    head = replica_on_roles.head()
     for queue, extra in [(n.commands, {}), (n.reads, {}), (n.dlq, {}), (n.log, {"x-stream-offset": "first"}),
                          (n.snapshots, {"x-stream-offset": "first"})]:
-        assert_access_refused(running.rv.peer_url, consume(queue, **extra))
+        assert_access_refused(replica_on_roles.rv.peer_url, consume(queue, **extra))
     for queue in (n.commands, n.reads, n.dlq):
-        assert_access_refused(running.rv.peer_url, _get(queue))
+        assert_access_refused(replica_on_roles.rv.peer_url, _get(queue))
     # The primary still holds the commands queue: a command is answered by r1, and nothing was taken.
-    running.peer.register("bob", "bob-password-12")
-    assert running.head() > head
-    assert running.answers()["primary"] == "r1"
+    replica_on_roles.peer.register("bob", "bob-password-12")
+    assert replica_on_roles.head() > head
+    assert replica_on_roles.answers()["primary"] == "r1"
 
 
-def test_a_peer_cannot_write_into_the_log_or_fake_a_status(running: Running) -> None:
-    rv, n = running.rv, running.names
-    running.answers()
-    head = running.head()
+def test_a_peer_cannot_write_into_the_log_or_fake_a_status(replica_on_roles: Running) -> None:
+    rv, n = replica_on_roles.rv, replica_on_roles.names
+    replica_on_roles.answers()
+    head = replica_on_roles.head()
     forged_status = json.dumps({"replica": "r1", "role": "primary", "seq": 10**9, "epoch": 99}).encode()
 
     reader, reader_ch = _channel(rv.operator_url)
@@ -250,17 +251,17 @@ def test_a_peer_cannot_write_into_the_log_or_fake_a_status(running: Running) -> 
         assert forged_status not in seen
     finally:
         reader.close()
-    assert running.head() == head
-    assert running.answers()["primary"] == "r1"
+    assert replica_on_roles.head() == head
+    assert replica_on_roles.answers()["primary"] == "r1"
 
 
-def test_a_message_above_the_maximum_size_is_refused_by_the_broker(running: Running) -> None:
-    n = running.names
-    head = running.head()
-    err = refused(running.rv.peer_url, lambda ch: ch.basic_publish(n.commands, "command", b"x" * (MAX_MESSAGE_SIZE + 1)))
+def test_a_message_above_the_maximum_size_is_refused_by_the_broker(replica_on_roles: Running) -> None:
+    n = replica_on_roles.names
+    head = replica_on_roles.head()
+    err = refused(replica_on_roles.rv.peer_url, lambda ch: ch.basic_publish(n.commands, "command", b"x" * (MAX_MESSAGE_SIZE + 1)))
     assert err.reply_code == 406 and "larger than configured max size" in err.reply_text, err
-    assert running.head() == head
-    assert running.answers()["primary"] == "r1"
+    assert replica_on_roles.head() == head
+    assert replica_on_roles.answers()["primary"] == "r1"
 
 
 def test_the_largest_legitimate_command_fits_the_message_size_limit() -> None:
@@ -276,19 +277,19 @@ def test_the_largest_legitimate_command_fits_the_message_size_limit() -> None:
 
 # -- the other roles -------------------------------------------------------------------------------
 
-def test_the_operator_reads_status_and_dead_letters_but_cannot_take_commands(running: Running) -> None:
+def test_the_operator_reads_status_and_dead_letters_but_cannot_take_commands(replica_on_roles: Running) -> None:
     from console.gui.operator import read_dead_letters
     from console.status import collect_status
     from ledger.keys import load_system
 
-    rv, n = running.rv, running.names
-    rows = collect_status(rv.operator_url, n, wait=3.0, trust=load_system(running.home).trust())
+    rv, n = replica_on_roles.rv, replica_on_roles.names
+    rows = collect_status(rv.operator_url, n, wait=3.0, trust=load_system(replica_on_roles.home).trust())
     assert [r["replica"] for r in rows] == ["r1"]
     letters = read_dead_letters(rv.operator_url, n, peek=5)
     assert letters.count is not None and letters.count >= 0
     allowed(rv.operator_url, lambda ch: ch.queue_purge(n.dlq))
 
-    head = running.head()
+    head = replica_on_roles.head()
     assert_access_refused(rv.operator_url, consume(n.commands))
     assert_access_refused(rv.operator_url, consume(n.reads))
     assert_access_refused(rv.operator_url, consume(n.log, **{"x-stream-offset": "first"}))
@@ -296,8 +297,8 @@ def test_the_operator_reads_status_and_dead_letters_but_cannot_take_commands(run
     assert_access_refused(rv.operator_url, lambda ch: ch.basic_publish(n.status, "", b"{}"))
     assert_access_refused(rv.operator_url, lambda ch: ch.queue_delete(n.dlq))
     assert_access_refused(rv.operator_url, lambda ch: ch.exchange_declare(f"{n.prefix}.evil"))
-    assert running.head() == head
-    assert running.answers()["primary"] == "r1"
+    assert replica_on_roles.head() == head
+    assert replica_on_roles.answers()["primary"] == "r1"
 
 
 def test_a_replica_cannot_touch_another_vhost_or_objects_outside_its_prefix() -> None:

@@ -14,7 +14,7 @@ from tests.conftest import Deployment
 
 
 @pytest.fixture(scope="module")
-def people(deployment: Deployment) -> dict[str, object]:
+def mallory_and_bob(deployment: Deployment) -> dict[str, object]:
     mallory, bob = deployment.client(), deployment.client()
     mallory.register("mallory", "mallory-secret-1")
     bob.register("bob", "bob-secret-12")
@@ -24,8 +24,8 @@ def people(deployment: Deployment) -> dict[str, object]:
 
 
 def test_an_id_taken_first_by_another_command_is_refused_not_answered_ok(deployment: Deployment,
-                                                                         people: dict[str, object]) -> None:
-    mallory, bob = people["mallory"], people["bob"]
+                                                                         mallory_and_bob: dict[str, object]) -> None:
+    mallory, bob = mallory_and_bob["mallory"], mallory_and_bob["bob"]
     stolen = new_id()
     mallory.send(c.ChangePrice(doc_id="m-doc", price=101), command_id=stolen)  # type: ignore[attr-defined]
     operator = deployment.client()
@@ -39,8 +39,8 @@ def test_an_id_taken_first_by_another_command_is_refused_not_answered_ok(deploym
 
 
 def test_a_refusal_planted_under_someone_elses_id_is_not_theirs(deployment: Deployment,
-                                                                people: dict[str, object]) -> None:
-    mallory, bob = people["mallory"], people["bob"]
+                                                                mallory_and_bob: dict[str, object]) -> None:
+    mallory, bob = mallory_and_bob["mallory"], mallory_and_bob["bob"]
     planted = new_id()
     with pytest.raises(UnknownDocument):
         mallory.send(c.ChangePrice(doc_id="ghost", price=1), command_id=planted)  # type: ignore[attr-defined]

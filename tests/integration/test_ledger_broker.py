@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture(scope="module")
-def people(deployment: Deployment) -> dict[str, Any]:
+def alice_and_bob(deployment: Deployment) -> dict[str, Any]:
     alice, bob = deployment.client(), deployment.client()
     alice.register("alice", "correct horse")
     bob.register("bob", "battery staple")
@@ -29,14 +29,14 @@ def deposit(deployment: Deployment, client: Any, account: str, amount: int) -> R
     return client.send(c.Deposit(account=account, amount=amount), sender=c.OPERATOR, key=deployment.operator_key())
 
 
-def test_ledger_info_is_public(deployment: Deployment, people: dict[str, Any]) -> None:
-    info = people["alice"].ledger_info()
+def test_ledger_info_is_public(deployment: Deployment, alice_and_bob: dict[str, Any]) -> None:
+    info = alice_and_bob["alice"].ledger_info()
     assert info["ledger_box_key"] == deployment.replica.keys.ledger_public.hex()
     assert (info["primary"], info["epoch"], info["fee_bps"]) == ("r1", 1, 100)
 
 
-def test_register_and_deposit_then_read_your_own_balance(deployment: Deployment, people: dict[str, Any]) -> None:
-    bob = people["bob"]
+def test_register_and_deposit_then_read_your_own_balance(deployment: Deployment, alice_and_bob: dict[str, Any]) -> None:
+    bob = alice_and_bob["bob"]
     reply = deposit(deployment, bob, "bob", 5000)
     assert reply.ok and reply.result == {"account": "bob", "balance": 5000}
     assert reply.seq == deployment.state.seq == deployment.head_seq()
@@ -46,8 +46,8 @@ def test_register_and_deposit_then_read_your_own_balance(deployment: Deployment,
     assert deployment.state.users["bob"].sign_key == bob.identity.sign_public.hex()
 
 
-def test_a_read_waits_for_the_sequence_it_asks_for(deployment: Deployment, people: dict[str, Any]) -> None:
-    bob = people["bob"]
+def test_a_read_waits_for_the_sequence_it_asks_for(deployment: Deployment, alice_and_bob: dict[str, Any]) -> None:
+    bob = alice_and_bob["bob"]
     target = deployment.state.seq + 1
     answers: list[Reply] = []
     reader = deployment.broker()
@@ -59,7 +59,7 @@ def test_a_read_waits_for_the_sequence_it_asks_for(deployment: Deployment, peopl
     thread = threading.Thread(target=read)
     thread.start()
     before = bob.balance()["available"]
-    deposit(deployment, people["alice"], "bob", 11)
+    deposit(deployment, alice_and_bob["alice"], "bob", 11)
     thread.join(20)
     [answer] = answers
     assert answer.ok
@@ -67,16 +67,16 @@ def test_a_read_waits_for_the_sequence_it_asks_for(deployment: Deployment, peopl
     assert answer.result["available"] == before + 11
 
 
-def test_private_reads_need_the_owner(deployment: Deployment, people: dict[str, Any]) -> None:
+def test_private_reads_need_the_owner(deployment: Deployment, alice_and_bob: dict[str, Any]) -> None:
     from broker import errors
 
     with pytest.raises(errors.NotAuthorized):
-        people["alice"].balance("bob")
+        alice_and_bob["alice"].balance("bob")
 
 
-def test_publish_and_search_through_the_reads_queue(deployment: Deployment, people: dict[str, Any],
+def test_publish_and_search_through_the_reads_queue(deployment: Deployment, alice_and_bob: dict[str, Any],
                                                     tmp_path: Path) -> None:
-    alice = people["alice"]
+    alice = alice_and_bob["alice"]
     path = tmp_path / "notes.txt"
     path.write_bytes(b"the renormalisation group, explained slowly\n" * 200)
     shared = alice.share(path, price=1000, topic="physics", title="Quantum field notes", endpoint="127.0.0.1:9500",
@@ -85,7 +85,7 @@ def test_publish_and_search_through_the_reads_queue(deployment: Deployment, peop
     cheap.write_bytes(b"flour water salt\n" * 10)
     alice.share(cheap, price=200, topic="cooking", title="Bread", endpoint="127.0.0.1:9500", doc_id="bread")
 
-    bob = people["bob"]
+    bob = alice_and_bob["bob"]
     [hit] = bob.search("quantum")
     assert (hit["doc_id"], hit["price"], hit["provider"]) == ("qft-notes", 1000, "alice")
     assert (hit["sha256"], hit["merkle_root"], hit["size"]) == (shared["sha256"], shared["merkle_root"],
@@ -103,7 +103,7 @@ def test_publish_and_search_through_the_reads_queue(deployment: Deployment, peop
     assert alice.search("bread") == []
 
 
-def test_a_command_sent_twice_takes_effect_once(deployment: Deployment, people: dict[str, Any]) -> None:
+def test_a_command_sent_twice_takes_effect_once(deployment: Deployment, alice_and_bob: dict[str, Any]) -> None:
     client = deployment.broker()
     fixed = new_id()
     env = seal(c.Deposit(account="bob", amount=7, memo="once"), sender=c.OPERATOR, key=deployment.operator_key(),
@@ -115,11 +115,11 @@ def test_a_command_sent_twice_takes_effect_once(deployment: Deployment, people: 
     assert first.result == second.result
     assert deployment.state.balance("bob") == before + 7
     assert [r.seq for r in deployment.replica.store.rows() if r.command_id == fixed] == [first.seq]
-    assert people["bob"].balance()["available"] == before + 7
+    assert alice_and_bob["bob"].balance()["available"] == before + 7
 
 
-def test_a_restarted_replica_recovers_and_continues(deployment: Deployment, people: dict[str, Any]) -> None:
-    bob = people["bob"]
+def test_a_restarted_replica_recovers_and_continues(deployment: Deployment, alice_and_bob: dict[str, Any]) -> None:
+    bob = alice_and_bob["bob"]
     deposit(deployment, bob, "bob", 3)
     seq, digest = deployment.state.seq, state_hash(deployment.state)
     available = bob.balance()["available"]

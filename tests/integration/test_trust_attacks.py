@@ -93,7 +93,7 @@ def build_world(dep: Deployment) -> World:
 
 
 @pytest.fixture(scope="module")
-def world(deployment: Deployment) -> Iterator[World]:
+def attack_world(deployment: Deployment) -> Iterator[World]:
     w = build_world(deployment)
     try:
         yield w
@@ -168,8 +168,8 @@ def wire(env: Any) -> dict[str, Any]:
 
 # -- forged log entries ---------------------------------------------------------------------------------
 
-def test_a_forged_new_epoch_is_ignored(world: World) -> None:
-    w = world
+def test_a_forged_new_epoch_is_ignored(attack_world: World) -> None:
+    w = attack_world
     st, before, ignored = baseline(w)
     a = w.attacker
     epoch = st.epoch + 1
@@ -196,8 +196,8 @@ def test_a_forged_new_epoch_is_ignored(world: World) -> None:
     assert_unharmed(w, before, ignored, offsets)
 
 
-def test_an_entry_written_as_the_current_primary_is_ignored(world: World) -> None:
-    w = world
+def test_an_entry_written_as_the_current_primary_is_ignored(attack_world: World) -> None:
+    w = attack_world
     st, before, ignored = baseline(w)
     a = w.attacker
     offsets = []
@@ -228,8 +228,8 @@ def test_an_entry_far_ahead_neither_halts_nor_changes_anything(tmp_path: Path) -
             w.attacker.close()
 
 
-def test_re_registering_a_user_with_the_attackers_keys_gives_no_access_to_its_money(world: World) -> None:
-    w = world
+def test_re_registering_a_user_with_the_attackers_keys_gives_no_access_to_its_money(attack_world: World) -> None:
+    w = attack_world
     st, before, ignored = baseline(w)
     a = w.attacker
     thief = Member.create("dora")  # the attacker's keys, under dora's name
@@ -260,8 +260,8 @@ def test_re_registering_a_user_with_the_attackers_keys_gives_no_access_to_its_mo
     assert_unharmed(w, before, ignored, offsets)
 
 
-def test_a_deposit_without_the_operators_signature_is_ignored(world: World) -> None:
-    w = world
+def test_a_deposit_without_the_operators_signature_is_ignored(attack_world: World) -> None:
+    w = attack_world
     st, before, ignored = baseline(w)
     a = w.attacker
     by_attacker = seal(c.Deposit(account="mallory", amount=LOOT), sender=c.OPERATOR, key=a.key)
@@ -283,8 +283,8 @@ def test_a_deposit_without_the_operators_signature_is_ignored(world: World) -> N
     assert_unharmed(w, before, ignored, offsets)
 
 
-def test_an_event_with_no_command_behind_it_is_ignored(world: World) -> None:
-    w = world
+def test_an_event_with_no_command_behind_it_is_ignored(attack_world: World) -> None:
+    w = attack_world
     st, before, ignored = baseline(w)
     a = w.attacker
     # The primary writes events of its own, but never a deposit.
@@ -296,8 +296,8 @@ def test_an_event_with_no_command_behind_it_is_ignored(world: World) -> None:
     assert_unharmed(w, before, ignored, offsets)
 
 
-def test_a_hold_expired_before_its_deadline_is_ignored(world: World) -> None:
-    w = world
+def test_a_hold_expired_before_its_deadline_is_ignored(attack_world: World) -> None:
+    w = attack_world
     st, before, ignored = baseline(w)
     assert st.sales["s-open"].status == "open"
     a = w.attacker
@@ -345,8 +345,8 @@ def _acb(dep: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
                           timeout=60)
 
 
-def test_entries_signed_by_a_removed_replica_are_ignored(world: World) -> None:
-    w = world
+def test_entries_signed_by_a_removed_replica_are_ignored(attack_world: World) -> None:
+    w = attack_world
     added = _acb(w.dep, "operator", "replica", "add", "r2")
     assert added.returncode == 0, f"acb operator replica add r2: {added.stderr.strip()}"
     wait_for(lambda: "r2" in getattr(getattr(w.dep.state, "roster", None), "replicas", {}), 10,
@@ -376,10 +376,10 @@ def _joining_follower(dep: Deployment, store_url: str) -> Any:
     return Follower(Store(store_url), dep.roles.replica_url, dep.names, "r2", dep.trust())
 
 
-def test_a_joining_replica_rejects_a_forged_snapshot(world: World, tmp_path: Path) -> None:
+def test_a_joining_replica_rejects_a_forged_snapshot(attack_world: World, tmp_path: Path) -> None:
     from ledger.model import state_from_dict, state_hash, state_to_dict
 
-    w = world
+    w = attack_world
     st, before, _ignored = baseline(w)
     a = w.attacker
     forged = state_to_dict(st)
@@ -432,8 +432,8 @@ def _ask(what: str, call: Any) -> Any:
 
 
 @pytest.mark.parametrize("signed", VARIANTS.values(), ids=VARIANTS.keys())
-def test_a_forged_reply_to_a_command_loses_to_the_real_one(world: World, signed: bool) -> None:
-    w = world
+def test_a_forged_reply_to_a_command_loses_to_the_real_one(attack_world: World, signed: bool) -> None:
+    w = attack_world
     operator = w.dep.client()
     balance = w.dep.state.balance("bob")
     with CommandRacer(w.dep.names, w.dep.admin_url, lambda _req: {"account": "bob", "balance": 10**9},
@@ -452,8 +452,8 @@ def test_a_forged_reply_to_a_command_loses_to_the_real_one(world: World, signed:
 
 
 @pytest.mark.parametrize("signed", VARIANTS.values(), ids=VARIANTS.keys())
-def test_a_forged_answer_to_a_balance_query_loses_to_the_real_one(world: World, signed: bool) -> None:
-    w = world
+def test_a_forged_answer_to_a_balance_query_loses_to_the_real_one(attack_world: World, signed: bool) -> None:
+    w = attack_world
     bob = w.clients["bob"]
     forged_before = _forged_count(bob)
     with ReadRacer(w.dep.names, w.dep.admin_url, lambda _req: {"account": "bob", "available": 10**9, "held": 0, "seq": 0},
@@ -467,10 +467,10 @@ def test_a_forged_answer_to_a_balance_query_loses_to_the_real_one(world: World, 
 
 
 @pytest.mark.parametrize("signed", VARIANTS.values(), ids=VARIANTS.keys())
-def test_a_forged_answer_to_the_providers_sale_check_loses_to_the_real_one(world: World, signed: bool) -> None:
+def test_a_forged_answer_to_the_providers_sale_check_loses_to_the_real_one(attack_world: World, signed: bool) -> None:
     import dataclasses
 
-    w = world
+    w = attack_world
     alice = w.clients["alice"]
     real = w.dep.state.sales["s-cheap"]
     # The attacker says bob's 0.01 sale is a sale of the 4,000.00 document: alice would stream that one.
@@ -519,10 +519,10 @@ def test_a_foreign_consumer_on_the_commands_queue_cannot_fake_an_operators_depos
 
 # -- fake status ----------------------------------------------------------------------------------------
 
-def test_fake_status_messages_are_not_shown(world: World) -> None:
+def test_fake_status_messages_are_not_shown(attack_world: World) -> None:
     from console.status import collect_status
 
-    w = world
+    w = attack_world
     honest_command(w)
     now = int(time.time() * 1000)
     base = {"type": "replica_status", "epoch": 99, "primary": "r9", "seq": 10**6, "head_hash": "0" * 64,

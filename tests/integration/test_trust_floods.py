@@ -51,7 +51,7 @@ _REPLY_TO = "amq.rabbitmq.reply-to"
 
 
 @pytest.fixture(scope="module")
-def people(deployment: Deployment) -> dict[str, Client]:
+def flood_and_hana(deployment: Deployment) -> dict[str, Client]:
     """flood (the attacker's own account) and hana (an honest user), each with a document of its own."""
     out = {login: deployment.client() for login in ("flood", "hana")}
     for login, client in out.items():
@@ -177,9 +177,9 @@ REPLY_MODES = {
 
 @pytest.mark.parametrize("reply_to", REPLY_MODES.values(), ids=REPLY_MODES.keys())
 def test_a_flood_of_commands_does_not_delay_another_users_commands(
-        deployment: Deployment, people: dict[str, Client], tmp_path: Path, flood_thread: list[_Flood],
+        deployment: Deployment, flood_and_hana: dict[str, Client], tmp_path: Path, flood_thread: list[_Flood],
         reply_to: str) -> None:
-    flooder, hana = people["flood"], people["hana"]
+    flooder, hana = flood_and_hana["flood"], flood_and_hana["hana"]
     assert flooder.identity is not None
     key = flooder.identity.sign_key
     # Signed before timing: half valid and cheap (the flooder's own price), half refused (hana's document).
@@ -217,8 +217,8 @@ def test_a_flood_of_commands_does_not_delay_another_users_commands(
 
 
 def test_a_flood_of_far_future_reads_is_refused_at_once_and_starves_nobody(
-        deployment: Deployment, people: dict[str, Client], tmp_path: Path, flood_thread: list[_Flood]) -> None:
-    flooder, hana = people["flood"], people["hana"]
+        deployment: Deployment, flood_and_hana: dict[str, Client], tmp_path: Path, flood_thread: list[_Flood]) -> None:
+    flooder, hana = flood_and_hana["flood"], flood_and_hana["hana"]
     assert flooder.identity is not None
     key = flooder.identity.sign_key
     messages = []
