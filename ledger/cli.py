@@ -1,22 +1,93 @@
-"""``acb ledger ...``: running a replica."""
+"""The ledger's subcommands of ``acb``: ``init``, ``ledger run`` (a replica), ``audit ...``, and the roster.
+
+:func:`register` adds them to the ``acb`` root (:mod:`broker.cli`). The replica, the store and
+SQLAlchemy are imported when a command that needs them runs, so ``acb --help`` stays fast.
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
 import socket
-from typing import Any
+from pathlib import Path
 
-import sqlalchemy as sa
-from sqlalchemy.exc import SQLAlchemyError
-
+from broker import commands as c
+from broker.cli import Commands
+from broker.client import BrokerClient
+from broker.envelope import seal
+from broker.errors import BrokerError
+from broker.money import format_minor
+from broker.settings import Settings
+from broker.trust import Roster, Trust
 from ledger.errors import ConfigError, StoreError
-from ledger.keys import load_system
-from ledger.replica import Replica, ReplicaConfig
-from ledger.store import default_store_url
+from ledger.keys import (
+    certify_replica,
+    init_system,
+    load_operator_key,
+    load_roster,
+    remove_replica,
+    replica_key_path,
+)
 
-__all__ = ["run_replica", "resolve_store_url"]
+__all__ = ["register", "run_replica", "resolve_store_url", "audit_verify", "audit_hash", "audit_balance",
+           "operator_replica"]
+
+
+def register(commands: Commands) -> None:
+    """Add ``acb init``, ``acb ledger run`` and ``acb audit verify|hash|balance``."""
+    commands.add("init", cmd_init, "create the operator and ledger keys (once per installation)", rank=201)
+
+    sp = commands.add("ledger", lambda a, s: a.ledger_fn(a, s), "run a ledger replica", rank=204)
+    lsub = sp.add_subparsers(dest="ledger_cmd", required=True, metavar="CMD")
+    rp = lsub.add_parser("run", help="run a ledger replica (start N of them: one primary, N-1 backups)")
+    rp.set_defaults(ledger_fn=run_replica)
+    rp.add_argument("--replica-id", dest="replica_id")
+    rp.add_argument("--store", help="store URL (default $ACB_STORE_URL or a SQLite file under $ACB_HOME)")
+    rp.add_argument("--hold-ttl", type=float, default=900.0, dest="hold_ttl", help="seconds an open sale may wait")
+    rp.add_argument("--snapshot-every", type=int, default=5000, dest="snapshot_every")
+
+    sp = commands.add("audit", lambda a, s: a.audit_fn(a, s), "replay a store's log and check it (for audits)",
+                      rank=205)
+    asub = sp.add_subparsers(dest="audit_cmd", required=True, metavar="CMD")
+    vp = asub.add_parser("verify", help="replay from zero: hash chain, money conserved, holds, key releases")
+    vp.set_defaults(audit_fn=audit_verify)
+    vp.add_argument("--store", required=True)
+    vp.add_argument("--from-snapshot", action="store_true", dest="from_snapshot")
+    vp.add_argument("--json", action="store_true")
+    vp.add_argument("--commands", action="store_true", help="with --json: list every command id in the log")
+    vp.add_argument("--operator-key", dest="operator_key",
+                    help="the operator's public key (hex, or a file holding it) that every signature is traced to "
+                         "(default: the one in $ACB_HOME/system)")
+    hp = asub.add_parser("hash", help="the state hash after an event (replicas at one sequence must agree)")
+    hp.set_defaults(audit_fn=audit_hash)
+    hp.add_argument("--store", required=True)
+    hp.add_argument("--at", type=int)
+    hp.add_argument("--json", action="store_true")
+    bp = asub.add_parser("balance", help="an account's balance as it was after a given event")
+    bp.set_defaults(audit_fn=audit_balance)
+    bp.add_argument("user")
+    bp.add_argument("--at", type=int, required=True)
+    bp.add_argument("--store", required=True)
+    bp.add_argument("--json", action="store_true")
+
+
+def add_replica_parser(osub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``acb operator replica add|remove|list``: the operator's group (the console's) holds it."""
+    rp = osub.add_parser("replica", help="certify a replica's key (add), withdraw it (remove), or list the roster")
+    rp.set_defaults(op_fn=operator_replica)
+    rp.add_argument("replica_action", choices=("add", "remove", "list"), metavar="add|remove|list")
+    rp.add_argument("id", nargs="?", help="the replica id (add, remove)")
+    rp.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the ledger to take the roster")
+    rp.add_argument("--json", action="store_true")
+
+
+def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
+    """``acb init``: the operator and ledger keys, once per installation."""
+    d, created = init_system(settings.home)
+    print(f"system keys {'created' if created else 'already present'} in {d}")
+    return 0
 
 
 def resolve_store_url(url: str, replica_id: str) -> str:
@@ -24,9 +95,15 @@ def resolve_store_url(url: str, replica_id: str) -> str:
 
     For PostgreSQL the database named by the URL is created when it does not exist yet.
     """
+    import sqlalchemy as sa
+    from sqlalchemy.exc import SQLAlchemyError
+
     safe = re.sub(r"[^a-z0-9_]", "_", replica_id.lower())
     url = url.replace("{replica}", safe)
-    parsed = sa.engine.make_url(url)
+    try:
+        parsed = sa.engine.make_url(url)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"not a store URL: {exc}") from exc
     if parsed.get_backend_name() == "postgresql" and parsed.database:
         admin = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
         try:
@@ -43,14 +120,17 @@ def resolve_store_url(url: str, replica_id: str) -> str:
     return url
 
 
-def run_replica(args: argparse.Namespace, settings: Any) -> int:
-    """Run one replica until stopped; exit 3 if it halted on a broken log."""
+def run_replica(args: argparse.Namespace, settings: Settings) -> int:
+    """``acb ledger run``: run one replica until stopped; exit 3 if it halted on a broken log."""
+    from ledger.authority import MAX_HOLD_MS
+    from ledger.keys import load_system
+    from ledger.replica import Replica, ReplicaConfig
+    from ledger.store import default_store_url
+
     # Stable across restarts of one container (pid 1), distinct for processes on one host.
     replica_id = args.replica_id or settings.env.replica_id or f"{socket.gethostname()}-{os.getpid()}"
     store = resolve_store_url(args.store or default_store_url(f"ledger-{replica_id}"), replica_id)
     logging.getLogger().setLevel(logging.INFO)
-    from ledger.authority import MAX_HOLD_MS
-
     if not 1 <= int(args.hold_ttl * 1000) <= MAX_HOLD_MS:
         raise ConfigError(f"--hold-ttl must be at least a millisecond and at most {MAX_HOLD_MS // 3_600_000} hours")
     config = ReplicaConfig(replica_id=replica_id, broker_url=settings.replica_broker_url, store_url=store,
@@ -61,10 +141,8 @@ def run_replica(args: argparse.Namespace, settings: Any) -> int:
     return replica.run_forever()
 
 
-def audit_verify(args: argparse.Namespace, settings: Any) -> int:
+def audit_verify(args: argparse.Namespace, settings: Settings) -> int:
     """``acb audit verify --store URL``: replay and check; exit 1 on any violation."""
-    import json
-
     from ledger.audit import audit
     from ledger.store import Store
 
@@ -97,13 +175,9 @@ def audit_verify(args: argparse.Namespace, settings: Any) -> int:
     return 0 if report.ok else 1
 
 
-def _operator_key(args: argparse.Namespace, settings: Any) -> bytes:
+def _operator_key(args: argparse.Namespace, settings: Settings) -> bytes:
     """The operator's public key the audit trusts: ``--operator-key`` (hex, or a file holding it), else the one
     kept in the system directory."""
-    from pathlib import Path
-
-    from broker.trust import Trust
-
     given = getattr(args, "operator_key", None)
     if given:
         text = Path(given).read_text().strip() if Path(given).exists() else given.strip()
@@ -117,11 +191,8 @@ def _operator_key(args: argparse.Namespace, settings: Any) -> bytes:
     return Trust.load(settings.home).operator_key
 
 
-def audit_balance(args: argparse.Namespace, settings: Any) -> int:
+def audit_balance(args: argparse.Namespace, settings: Settings) -> int:
     """``acb audit balance USER --at SEQ --store URL``: a balance as it was after event SEQ."""
-    import json
-
-    from broker.money import format_minor
     from ledger.audit import replay
     from ledger.store import Store
 
@@ -140,10 +211,8 @@ def audit_balance(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
-def audit_hash(args: argparse.Namespace, settings: Any) -> int:
+def audit_hash(args: argparse.Namespace, settings: Settings) -> int:
     """``acb audit hash --store URL [--at SEQ]``: the state hash after an event (to compare replicas)."""
-    import json
-
     from ledger.audit import replay
     from ledger.model import state_hash
     from ledger.store import Store
@@ -158,16 +227,12 @@ def audit_hash(args: argparse.Namespace, settings: Any) -> int:
     return 0 if args.at is None or state.seq == args.at else 1
 
 
-def operator_replica(args: argparse.Namespace, settings: Any) -> int:
+def operator_replica(args: argparse.Namespace, settings: Settings) -> int:
     """``acb operator replica add|remove|list ID``: certify a replica, or withdraw it, without stopping the others.
 
     The roster is signed with the operator key kept here and sent to the ledger as a ``set_roster`` command, so
     every replica and client knows it at once; it is also kept in ``system/roster.json``.
     """
-    import json
-
-    from ledger.keys import certify_replica, load_roster, remove_replica, replica_key_path
-
     action = args.replica_action
     if action != "list" and not args.id:
         raise ConfigError(f"acb operator replica {action} needs the replica's id")
@@ -195,14 +260,7 @@ def operator_replica(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
-def _send_roster(settings: Any, roster: Any, *, timeout: float) -> bool:
-    from broker import commands as c
-    from broker.client import BrokerClient
-    from broker.envelope import seal
-    from broker.errors import BrokerError
-    from broker.trust import Trust
-    from ledger.keys import load_operator_key
-
+def _send_roster(settings: Settings, roster: Roster, *, timeout: float) -> bool:
     env = seal(c.SetRoster(roster=roster.to_wire()), sender=c.OPERATOR, key=load_operator_key(settings.home))
     try:
         url = settings.operator_url or settings.broker_url

@@ -29,7 +29,7 @@ __all__ = ["cmd_buy", "cmd_buy_many", "register"]
 
 
 def register(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
-    """Add ``acb buy`` to the CLI: ``register(sub, add)`` inside ``peer.cli.build_parser``."""
+    """Add ``acb buy`` to the CLI: ``register(sub, add)`` inside ``peer.cli.register``."""
     sp = add("buy", cmd_buy, "download documents from their providers, pay, decrypt and verify them",
              json_flag=True)
     sp.add_argument("doc_ids", nargs="+", metavar="DOC_ID")

@@ -1,33 +1,21 @@
-"""``acb gui`` and ``acb console``: argument parsing for the two PySide6 apps.
+"""``acb gui``: the desktop client's own options, parsed before Qt is imported.
 
-Qt is imported only once a command runs, so the CLI starts without it. With
-``--screenshot PATH`` an app renders offscreen, waits for its data, saves a
-PNG of its main window and exits (0 if the data came, 1 if not).
+With ``--screenshot PATH`` the app renders offscreen, waits for its data, saves a PNG of its
+main window and exits (0 if the data came, 1 if not).
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["console_main", "desktop_main"]
+from broker.settings import Settings
+from peer.gui.startup import qt_ready
+
+__all__ = ["desktop_main"]
 
 
-def _offscreen_if(screenshot: Path | None) -> None:
-    # Must happen before the QApplication exists; a screenshot needs no screen.
-    if screenshot is not None:
-        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-
-
-def _qt_missing() -> int:
-    print("acb: the desktop apps need PySide6: pip install 'acb[gui]'", file=sys.stderr)
-    return 1
-
-
-def desktop_main(argv: Sequence[str] | None = None) -> int:
+def desktop_main(argv: Sequence[str], settings: Settings) -> int:
     """``acb gui [--login LOGIN] [--tab TAB] [--screenshot PATH]``: the desktop client."""
     p = argparse.ArgumentParser(prog="acb gui", description="ACB desktop client: search, share, download, account.")
     p.add_argument("--login", help="use this user's session on this machine (default: the current one)")
@@ -36,26 +24,8 @@ def desktop_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--screenshot", type=Path, metavar="PATH",
                    help="render offscreen, save a PNG of the window once its data is loaded, and exit")
     args = p.parse_args(argv)
-    _offscreen_if(args.screenshot)
-    if importlib.util.find_spec("PySide6") is None:
-        return _qt_missing()
-    from broker.settings import Settings
-    from peer.gui.app import run
+    if not qt_ready(args.screenshot):
+        return 1
+    from peer.gui.app import run  # Qt is imported only now, once the app is sure to start
 
-    return run(Settings.from_env(), login=args.login, screenshot=args.screenshot, tab=args.tab)
-
-
-def console_main(argv: Sequence[str] | None = None) -> int:
-    """``acb console [--screenshot PATH]``: the operator console (replicas, dead letters, accounts, fee)."""
-    p = argparse.ArgumentParser(prog="acb console", description="ACB operator console.")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between status refreshes")
-    p.add_argument("--screenshot", type=Path, metavar="PATH",
-                   help="render offscreen, save a PNG of the window once replicas have reported, and exit")
-    args = p.parse_args(argv)
-    _offscreen_if(args.screenshot)
-    if importlib.util.find_spec("PySide6") is None:
-        return _qt_missing()
-    from broker.settings import Settings
-    from console.gui.app import run
-
-    return run(Settings.from_env(), screenshot=args.screenshot, interval=args.interval)
+    return run(settings, login=args.login, screenshot=args.screenshot, tab=args.tab)

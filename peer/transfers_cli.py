@@ -33,7 +33,7 @@ _MAX_CHANGES = 5  # a price that keeps changing within --max-price is not chased
 # -- parser ----------------------------------------------------------------------------------------
 
 def register(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
-    """Add ``acb transfers`` to the CLI: ``register(sub, add)`` inside ``peer.cli.build_parser``."""
+    """Add ``acb transfers`` to the CLI: ``register(sub, add)`` inside ``peer.cli.register``."""
     sp = add("transfers", cmd_transfers, "your uploads and downloads; pause, resume, cancel, limit, prioritize",
              json_flag=True)
     tsub = sp.add_subparsers(dest="transfers_cmd", metavar="ACTION")

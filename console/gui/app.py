@@ -1,8 +1,7 @@
-"""The operator console's composition root."""
+"""The operator console's composition root (``acb console`` starts it)."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
@@ -15,7 +14,7 @@ from ledger.keys import load_operator_key
 from peer.gui.shot import exec_window
 from peer.gui.worker import Runner
 
-__all__ = ["build_window", "main", "run"]
+__all__ = ["build_window", "run"]
 
 
 def build_window(settings: Settings, runner: Runner, *, interval: float = 1.0) -> ConsoleWindow:
@@ -40,12 +39,3 @@ def run(settings: Settings, *, screenshot: Path | None = None, interval: float =
     runner.shutdown()
     return code
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from peer.gui_cli import console_main
-
-    return console_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

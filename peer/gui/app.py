@@ -1,8 +1,7 @@
-"""The desktop app's composition root: settings in, login if needed, the main window up."""
+"""The desktop app's composition root: settings in, login if needed, the main window up (``acb gui`` starts it)."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
@@ -16,7 +15,7 @@ from peer.gui.windows import LoginDialog, MainWindow
 from peer.gui.worker import Runner
 from peer.identity import Profile
 
-__all__ = ["build_window", "main", "run"]
+__all__ = ["build_window", "run"]
 
 TABS = ("search", "share", "downloads", "account")
 
@@ -76,12 +75,3 @@ def run(settings: Settings, *, login: str | None = None, screenshot: Path | None
     runner.shutdown()
     return code
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from peer.gui_cli import desktop_main
-
-    return desktop_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
