@@ -190,6 +190,8 @@ def _drill(roles: Any, replicas: int, rounds: int, *, clients: int, faults: tupl
                 links[rid] = NetnsLink.create(f"acbd{os.getpid() % 10000}x{i}", index=i)
             _start(procs, rid, links.get(rid))
         say(f"started {replicas} replicas on prefix {names.prefix} (logs in {work})")
+        # Slow starts (a namespace each, a busy machine) would outlast a client's patience: wait by status.
+        procs.wait_ready(replicas, 120)
         admin = Client(BrokerClient(url, names, trust=Trust.load(work)), work)
         admin.ledger_info()
         op_key = load_operator_key(work)
