@@ -63,7 +63,11 @@ def tls_context(url: str) -> ssl.SSLContext:
 
 def connect(url: str, *, heartbeat: int = 10, name: str = "acb") -> pika.BlockingConnection:
     """Open a blocking connection, turning pika's errors into ours."""
-    params = pika.URLParameters(url)
+    try:
+        params = pika.URLParameters(url)
+    except (ValueError, TypeError, IndexError) as exc:  # what pika's URL parsing lets out
+        raise errors.ConfigurationError(
+            f"not a broker URL (amqp://USER:PASSWORD@HOST:PORT/VHOST): {_safe(url)}") from exc
     if url.startswith("amqps://"):
         params.ssl_options = pika.SSLOptions(tls_context(url), params.host)
     params.heartbeat = heartbeat

@@ -132,7 +132,10 @@ class Store:
 
     @property
     def safe_url(self) -> str:
-        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+        try:
+            return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+        except sa.exc.ArgumentError:
+            return "(a store URL that does not parse)"  # it may hold a password: not shown
 
     def close(self) -> None:
         self.engine.dispose()

@@ -96,3 +96,21 @@ def test_a_store_url_that_is_not_one_is_said_plainly(capsys: pytest.CaptureFixtu
 def test_no_registration_means_no_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["whoami"], []) == 1
     assert "no commands registered" in capsys.readouterr().err
+
+
+def test_a_store_that_does_not_parse_is_said_without_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["audit", "hash", "--store", "no-such-thing"]) == 1
+    assert capsys.readouterr().err.startswith("acb: cannot open store (a store URL that does not parse)")
+
+
+def test_a_broker_url_that_is_not_one_is_said_plainly(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from broker.trust import raw_public
+
+    monkeypatch.setenv("ACB_OPERATOR_KEY", raw_public(Ed25519PrivateKey.generate()).hex())
+    monkeypatch.setenv("ACB_BROKER_URL", "amqp://alice@127.0.0.1:5672/%2Fno")  # a user, no password
+    assert main(["search", "anything"]) == 1
+    assert capsys.readouterr().err == ("acb: not a broker URL (amqp://USER:PASSWORD@HOST:PORT/VHOST): "
+                                       "amqp://***@127.0.0.1:5672/%2Fno\n")
