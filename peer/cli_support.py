@@ -23,6 +23,7 @@ class CliError(PeerError):
 
 
 def out(args: argparse.Namespace, data: Any, text: Callable[[], None]) -> None:
+    """Print ``data`` as one JSON object with ``--json``, else call ``text()`` to print it for a person."""
     if getattr(args, "json", False):
         print(json.dumps(data, sort_keys=True))
     else:
@@ -30,6 +31,7 @@ def out(args: argparse.Namespace, data: Any, text: Callable[[], None]) -> None:
 
 
 def amount(text: str) -> int:
+    """An argparse type: ``12.50`` to 1250 minor units."""
     try:
         return parse_minor(text)
     except ValueError as exc:
@@ -52,6 +54,7 @@ def password(settings: Settings, prompt: str, *, confirm: bool = False) -> str:
 
 
 def waiter() -> Callable[[float], None]:
+    """What a client calls while it waits for the ledger: a line on stderr every few seconds."""
     said = [0.0]
 
     def on_wait(elapsed: float) -> None:
@@ -65,6 +68,7 @@ def waiter() -> Callable[[float], None]:
 
 
 def client_for(settings: Settings, *, login: str | None = None, need_login: bool = True) -> Client:
+    """A client for ``login`` (else ``ACB_USER``, else the current profile); NotLoggedIn when one is needed."""
     broker = BrokerClient(settings.broker_url, settings.names)
     login = login or settings.env.user or Profile.current(settings.home)
     identity = Profile(settings.home, login).session() if login else None
