@@ -36,6 +36,7 @@ from typing import Any
 from broker import commands as c
 from broker.client import BrokerClient
 from broker.errors import BrokerError
+from broker.settings import load_environment
 from broker.topology import Names
 from broker.trust import Trust
 from console.netns import NetnsLink, netns_available
@@ -158,7 +159,7 @@ def drill(replicas: int = 3, rounds: int = 5, *, clients: int = 4, faults: tuple
     """
     from broker.admin import AdminApi, amqp_base, read_admin_url, scratch_roles
 
-    home = home or Path(os.environ.get("ACB_HOME") or Path.home() / ".acb")
+    home = home or load_environment().home
     api = AdminApi(read_admin_url(home))
     with scratch_roles(api, prefix="drill", label="drill", amqp=amqp_base(url) if url else None, keep=keep) as roles:
         return _drill(roles, replicas, rounds, clients=clients, faults=faults, round_seconds=round_seconds, say=say,
