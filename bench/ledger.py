@@ -257,10 +257,11 @@ def run(commands: int = 3000, replicas: int = 1, *, sequential: int | None = Non
         url: str | None = None, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the benchmark and return its summary (see the module docstring); raise BenchFailed on a bad answer."""
     from broker.admin import AdminApi, amqp_base, read_admin_url, scratch_roles
+    from broker.settings import load_environment
 
-    home = Path(os.environ.get("ACB_HOME") or Path.home() / ".acb")
-    base = url or os.environ.get("ACB_BROKER_URL")
-    with scratch_roles(AdminApi(read_admin_url(home)), prefix="bench", label="bench",
+    env = load_environment()
+    base = url or env.broker_url
+    with scratch_roles(AdminApi(read_admin_url(env.home)), prefix="bench", label="bench",
                        amqp=amqp_base(base) if base else None) as roles:
         return _run(roles, commands, replicas, sequential, repeats, say)
 

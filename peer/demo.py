@@ -28,11 +28,11 @@ from broker.client import BrokerClient
 from broker.errors import BrokerError
 from broker.money import fee as commission
 from broker.money import format_minor
+from broker.settings import Settings
 from broker.trust import Trust
 from ledger.keys import init_system, load_operator_key
 from ledger.launch import ACB_COMMAND, Replicas, deployment_env
 from peer.client import Client
-from peer.config import Settings
 
 __all__ = ["run_demo"]
 
