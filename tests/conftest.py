@@ -1,8 +1,8 @@
 """Fixtures shared by the test tiers.
 
 Unit tests get :class:`Book`: a ledger with no broker and no database, where a
-command is decided by :func:`ledger.handlers.decide` and folded in with
-:func:`ledger.log.fold_entry`, exactly as the primary and every follower do.
+command is taken in by the primary's own rules (:func:`ledger.intake.decide_batch`)
+and folded in with :func:`ledger.log.fold_entry`, as the primary and every follower do.
 
 Integration tests get isolated real resources: broker objects under a prefix
 of their own (deleted afterwards), a PostgreSQL database of their own (dropped
