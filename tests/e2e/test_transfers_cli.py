@@ -86,7 +86,12 @@ def test_uploads_listed_limited_paused_resumed(cluster: Cluster, tmp_path: Path)
         assert listing["serve"] == {"endpoint": f"127.0.0.1:{port}", "limit_mbps": 0.5}
         assert row["consumer"] == "bob" and row["doc"] == shared["doc_id"] and row["segments_total"] == 4
         assert row["allotted_mbps"] == 0.5 and row["priority"] == 1
-        assert 0 < row["avg_mbps"] < 0.65 and row["rate_mbps"] < 0.65
+        # A bound the throttle guarantees however loaded the machine: the shared bucket (0.5 MB/s, a
+        # quarter second of burst) lets at most 125 kB + 0.5 MB/s * elapsed through, and a whole 1 MiB
+        # segment was sent, so elapsed >= 1.85 s and the average is at most 0.57 MB/s. The current
+        # rate counts whole segments over a two-second window and may read above the limit (0.678 was
+        # seen), so it is only checked to be there.
+        assert 0 < row["avg_mbps"] <= 0.6 and row["rate_mbps"] >= 0
         sale = row["sale"]
         text = _transfers(cluster, env=ALICE)
         assert text.returncode == 0 and sale in text.stdout and "bob" in text.stdout
