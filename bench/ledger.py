@@ -40,10 +40,21 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ledger.launch import Replicas
+import pika
+
+from broker import commands as c
+from broker.admin import AdminApi, amqp_base, read_admin_url, scratch_roles
+from broker.client import BrokerClient, connect
+from broker.envelope import seal
+from broker.errors import BrokerError
+from broker.replies import parse_reply
+from broker.settings import load_environment
+from broker.trust import Trust
+from ledger.keys import init_system, load_operator_key
+from ledger.launch import LaunchError, Replicas, deployment_env
+from peer.client import Client
 
 __all__ = ["BenchFailed", "format_table", "main", "run", "summary_json"]
 
@@ -81,9 +92,6 @@ class _Cluster:
 
     @classmethod
     def create(cls, roles: Any) -> _Cluster:
-        from ledger.keys import init_system
-        from ledger.launch import Replicas, deployment_env
-
         work = Path(tempfile.mkdtemp(prefix="acb-bench-ledger-"))
         init_system(work)
         env = deployment_env(os.environ, home=work, prefix=roles.names.prefix, peer_url=roles.peer_url,
@@ -95,8 +103,6 @@ class _Cluster:
 
     def wait_ready(self, replicas: int, timeout: float = 60.0) -> dict[str, Any]:
         """Wait until every replica reports and one of them is primary; return the primary's status."""
-        from ledger.launch import LaunchError
-
         try:
             return self.replicas.wait_ready(replicas, timeout)
         except LaunchError as exc:
@@ -152,9 +158,6 @@ def _percentile(values: Sequence[float], q: float) -> float:
 
 
 def _deposits(key: Any, n: int) -> list[Any]:
-    from broker import commands as c
-    from broker.envelope import seal
-
     return [seal(c.Deposit(account=_ACCOUNT, amount=1), sender=c.OPERATOR, key=key) for _ in range(n)]
 
 
@@ -181,11 +184,6 @@ _WINDOW = 200  # pipelined commands in flight at once
 
 def _pipelined(url: str, names: Any, envelopes: list[Any], tally: _Tally) -> _Sample:
     """Publish every command without waiting; take the answers as they come on direct reply-to."""
-    import pika
-
-    from broker.client import connect
-    from broker.replies import parse_reply
-
     reply_to = "amq.rabbitmq.reply-to"
     conn = connect(url, name="acb-bench-pipelined")
     try:
@@ -256,9 +254,6 @@ def _concurrent(brokers: list[Any], envelopes: list[Any], tally: _Tally) -> _Sam
 def run(commands: int = 3000, replicas: int = 1, *, sequential: int | None = None, repeats: int = 3,
         url: str | None = None, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the benchmark and return its summary (see the module docstring); raise BenchFailed on a bad answer."""
-    from broker.admin import AdminApi, amqp_base, read_admin_url, scratch_roles
-    from broker.settings import load_environment
-
     env = load_environment()
     base = url or env.broker_url
     with scratch_roles(AdminApi(read_admin_url(env.home)), prefix="bench", label="bench",
@@ -268,11 +263,6 @@ def run(commands: int = 3000, replicas: int = 1, *, sequential: int | None = Non
 
 def _run(roles: Any, commands: int, replicas: int, sequential: int | None, repeats: int,
          say: Callable[[str], None]) -> dict[str, Any]:
-    from broker.client import BrokerClient
-    from broker.trust import Trust
-    from ledger.keys import load_operator_key
-    from peer.client import Client
-
     sequential = sequential or max(commands // 10, 20)
     began = time.monotonic()
     cluster = _Cluster.create(roles)
@@ -385,7 +375,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--url", default=None, help="RabbitMQ URL (default $ACB_BROKER_URL or localhost)")
     parser.add_argument("--json", action="store_true", help="print the table to stderr and JSON last on stdout")
-    from broker.errors import BrokerError
 
     args = parser.parse_args(argv)
     if args.commands < CLIENTS or args.replicas < 1 or args.repeats < 1 or (args.sequential or 1) < 1:

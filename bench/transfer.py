@@ -35,6 +35,13 @@ from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from broker.content import choose_segment_size, describe_file, key_commitment, segment_count_for
+from peer.transfer import ProviderServer, SaleGrant, decrypt_file, download, load_download
+from peer.transfer.tls import certificate_public_key, make_certificate
+
 __all__ = ["main", "parse_size", "run"]
 
 _CHUNK = 1 << 20
@@ -101,12 +108,6 @@ class _Setup:
     """Identities, sale and document shared with the child processes (picklable)."""
 
     def __init__(self, src: Path, segment_size: int) -> None:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-        from broker.content import describe_file
-        from peer.transfer.tls import make_certificate
-
         raw = (serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
         pk, ck = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
         self.provider_key = pk.private_bytes(*raw)
@@ -119,10 +120,6 @@ class _Setup:
         self.key = os.urandom(32)
 
     def grant(self, sale_id: str) -> Any:
-        from broker.content import key_commitment
-        from peer.transfer import SaleGrant
-        from peer.transfer.tls import certificate_public_key
-
         return SaleGrant(
             sale_id=sale_id, doc_id="bench-doc", consumer_login="bench-consumer",
             consumer_cert_pem=self.consumer_cert, consumer_public_key=certificate_public_key(self.consumer_cert),
@@ -132,10 +129,6 @@ class _Setup:
 
 
 def _provider_proc(setup: _Setup, control: Connection) -> None:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    from peer.transfer import ProviderServer
-
     key = Ed25519PrivateKey.from_private_bytes(setup.provider_key)
     server = ProviderServer(key, "bench-provider", setup.provider_cert, lambda sale, _seq: setup.grant(sale))
     server.start()
@@ -147,11 +140,6 @@ def _provider_proc(setup: _Setup, control: Connection) -> None:
 
 def _consumer_proc(setup: _Setup, port: int, sale_id: str, dest: str, result: Connection | None,
                    done_segments: Synchronized | None) -> None:  # type: ignore[type-arg]
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    from peer.transfer import download
-    from peer.transfer.tls import certificate_public_key
-
     c = setup.commitment
 
     def progress(done: int, _total: int) -> None:
@@ -208,9 +196,6 @@ def _run_acb(ctx: Any, setup: _Setup, provider: _Provider, work: Path, sale_id: 
 
 def _run_resume(ctx: Any, setup: _Setup, provider: _Provider, work: Path) -> dict[str, Any]:
     """Kill the consumer process half way, resume in a new one, count re-sent segments."""
-    from broker.content import segment_count_for
-    from peer.transfer import decrypt_file, load_download
-
     sale_id = "bench-resume"
     dest = work / "resume"
     count = segment_count_for(setup.commitment.size, setup.segment_size)
@@ -260,8 +245,6 @@ def _make_file(path: Path, size: int) -> None:
 def run(size_bytes: int, json_out: bool, *, repeats: int = 5, segment_size: int | None = None,
         workdir: Path | None = None) -> dict[str, Any]:
     """Run the benchmark and return the summary (also printed, table then JSON if ``json_out``)."""
-    from broker.content import choose_segment_size
-
     segment_size = segment_size or choose_segment_size(size_bytes)  # what `acb share` would pick
     out = sys.stderr if json_out else sys.stdout
     ctx = mp.get_context("spawn")

@@ -522,7 +522,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "check-admin":
             AdminApi(args.admin_url or read_admin_url(home), timeout=3.0).whoami()
             return 0
-        from broker.certs import ensure_tls_files  # cryptography's x509 costs a tenth of a second to import
+        # lazy: cryptography's x509 takes a fiftieth of a second; only tls-files needs it, not broker-setup
+        from broker.certs import ensure_tls_files
 
         files, wrote = ensure_tls_files(args.dir or home / "system" / "tls", args.host)
         print(f"{'wrote' if wrote else 'kept'} TLS files in {files.directory}")

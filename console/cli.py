@@ -128,6 +128,7 @@ def console_main(argv: Sequence[str], settings: Settings) -> int:
     args = p.parse_args(argv)
     if not qt_ready(args.screenshot):
         return 1
-    from console.gui.app import run  # Qt is imported only now, once the app is sure to start
+    # lazy: Qt takes a fifth of a second to import and may be absent; qt_ready has just found it
+    from console.gui.app import run
 
     return run(settings, screenshot=args.screenshot, interval=args.interval)

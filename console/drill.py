@@ -34,15 +34,21 @@ from pathlib import Path
 from typing import Any
 
 from broker import commands as c
+from broker.admin import AdminApi, amqp_base, read_admin_url, scratch_roles
 from broker.client import BrokerClient
+from broker.codec import b64e
+from broker.content import key_commitment
 from broker.errors import BrokerError
+from broker.sealing import escrow_info, seal_to
 from broker.settings import load_environment
 from broker.topology import Names
 from broker.trust import Trust
 from console.netns import NetnsLink, netns_available
 from ledger.audit import AuditReport, Invariant, audit
+from ledger.keys import init_system, load_operator_key
 from ledger.launch import ACB_COMMAND, LaunchError, Replicas, deployment_env
 from ledger.store import Store
+from peer.client import Client
 
 __all__ = ["drill", "main"]
 
@@ -96,11 +102,6 @@ def _send(load: _Load, client: Any, payload: Any, sender: str, key: Any) -> bool
 
 def _buyer(load: _Load, url: str, names: Names, home: Path, consumer: Any, provider: Any, doc_id: str,
            price: int) -> None:
-    from broker.codec import b64e
-    from broker.content import key_commitment
-    from broker.sealing import escrow_info, seal_to
-    from peer.client import Client
-
     buyer = Client(BrokerClient(url, names, trust=Trust.load(home)), home, consumer)
     seller = Client(BrokerClient(url, names, trust=Trust.load(home)), home, provider)
     ledger_key = bytes.fromhex(buyer.ledger_info()["ledger_box_key"])
@@ -157,8 +158,6 @@ def drill(replicas: int = 3, rounds: int = 5, *, clients: int = 4, faults: tuple
     ``url`` says where the broker is (its user and vhost are not used); ``home`` holds the broker
     administrator's URL that `.ci/setup.sh` wrote (default ``ACB_HOME`` or ``~/.acb``).
     """
-    from broker.admin import AdminApi, amqp_base, read_admin_url, scratch_roles
-
     home = home or load_environment().home
     api = AdminApi(read_admin_url(home))
     with scratch_roles(api, prefix="drill", label="drill", amqp=amqp_base(url) if url else None, keep=keep) as roles:
@@ -168,9 +167,6 @@ def drill(replicas: int = 3, rounds: int = 5, *, clients: int = 4, faults: tuple
 
 def _drill(roles: Any, replicas: int, rounds: int, *, clients: int, faults: tuple[str, ...], round_seconds: float,
            say: Any, keep: bool) -> dict[str, Any]:
-    from ledger.keys import init_system, load_operator_key
-    from peer.client import Client
-
     url, names = roles.peer_url, roles.names
     if "cut" in faults and not netns_available():
         say("network cuts need root and `ip netns`; running kill and pause rounds only")

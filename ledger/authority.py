@@ -39,7 +39,7 @@ from broker.envelope import Envelope, open_envelope, verify
 from broker.money import MAX_FEE_BPS, fee, interval_fee, interval_prices
 from broker.trust import Roster
 from ledger import events as ev
-from ledger.handlers import RESERVED_LOGINS
+from ledger.handlers import RESERVED_LOGINS, Context, decide
 from ledger.model import OPEN, State
 
 __all__ = ["entry_problem", "command_of", "signer_key", "MAX_HOLD_MS"]
@@ -102,8 +102,6 @@ def entry_problem(state: State, command_id: str | None, command: Any, at_ms: int
 
 def _rejudge(state: State, env: Envelope, event: ev.DisputeResolved, at_ms: int, operator_key: bytes,
              ledger_key: X25519PrivateKey) -> str | None:
-    from ledger.handlers import Context, decide
-
     try:
         verdict = decide(state, env, Context(operator_key, ledger_key, at_ms), authenticated=True).events[0]
     except errors.CommandRejected as exc:

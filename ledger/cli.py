@@ -27,6 +27,7 @@ from ledger.keys import (
     init_system,
     load_operator_key,
     load_roster,
+    load_system,
     remove_replica,
     replica_key_path,
 )
@@ -95,6 +96,7 @@ def resolve_store_url(url: str, replica_id: str) -> str:
 
     For PostgreSQL the database named by the URL is created when it does not exist yet.
     """
+    # lazy: SQLAlchemy takes a tenth of a second to import, and acb --help loads this module
     import sqlalchemy as sa
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -122,8 +124,8 @@ def resolve_store_url(url: str, replica_id: str) -> str:
 
 def run_replica(args: argparse.Namespace, settings: Settings) -> int:
     """``acb ledger run``: run one replica until stopped; exit 3 if it halted on a broken log."""
+    # lazy: the replica, its rules and its store (SQLAlchemy) take a quarter of a second; acb --help does without
     from ledger.authority import MAX_HOLD_MS
-    from ledger.keys import load_system
     from ledger.replica import Replica, ReplicaConfig
     from ledger.store import default_store_url
 
@@ -143,6 +145,7 @@ def run_replica(args: argparse.Namespace, settings: Settings) -> int:
 
 def audit_verify(args: argparse.Namespace, settings: Settings) -> int:
     """``acb audit verify --store URL``: replay and check; exit 1 on any violation."""
+    # lazy: the replay and its store (SQLAlchemy) take a quarter of a second; acb --help does without
     from ledger.audit import audit
     from ledger.store import Store
 
@@ -193,6 +196,7 @@ def _operator_key(args: argparse.Namespace, settings: Settings) -> bytes:
 
 def audit_balance(args: argparse.Namespace, settings: Settings) -> int:
     """``acb audit balance USER --at SEQ --store URL``: a balance as it was after event SEQ."""
+    # lazy: the replay and its store (SQLAlchemy) take a quarter of a second; acb --help does without
     from ledger.audit import replay
     from ledger.store import Store
 
@@ -213,6 +217,7 @@ def audit_balance(args: argparse.Namespace, settings: Settings) -> int:
 
 def audit_hash(args: argparse.Namespace, settings: Settings) -> int:
     """``acb audit hash --store URL [--at SEQ]``: the state hash after an event (to compare replicas)."""
+    # lazy: the replay and its store (SQLAlchemy) take a quarter of a second; acb --help does without
     from ledger.audit import replay
     from ledger.model import state_hash
     from ledger.store import Store

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from broker.errors import BrokerError
 from broker.settings import load_environment
 from broker.trust import Roster, Trust, raw_public, sign_roster
 from ledger.errors import ConfigError
@@ -142,8 +143,6 @@ def load_roster(home: Path) -> Roster | None:
 
 
 def _verified_file(path: Path, operator_public: bytes) -> Roster:
-    from broker.errors import BrokerError
-
     try:
         roster = Roster.model_validate_json(path.read_bytes())
         roster.verify(operator_public)

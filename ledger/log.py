@@ -32,6 +32,7 @@ from broker.codec import canonical
 from broker.trust import Roster, tagged
 from ledger.authority import entry_problem
 from ledger.chain import chain_hash
+from ledger.errors import ChainBroken
 from ledger.events import EpochStarted, parse_event
 from ledger.model import Record, State, apply
 from ledger.store import Row
@@ -247,8 +248,6 @@ def _version(payload: dict[str, Any]) -> int:
 
 def replay_row(state: State, row: Row) -> State:
     """Re-apply a stored row (recovery, audit), checking it extends the chain."""
-    from ledger.errors import ChainBroken
-
     if row.seq != state.seq + 1:
         raise ChainBroken(f"gap in the store: seq {row.seq} after {state.seq}")
     if row.prev_hash != state.head_hash:

@@ -24,6 +24,7 @@ from peer.cli_support import client_for as _client
 from peer.cli_support import io_timeout as _io_timeout
 from peer.cli_support import out as _out
 from peer.client import BuyResult, Client, Offer
+from peer.transfers_cli import buy_many
 
 __all__ = ["cmd_buy", "cmd_buy_many", "register"]
 
@@ -101,8 +102,6 @@ def _buy_data(result: Any) -> dict[str, Any]:
 
 def cmd_buy_many(args: argparse.Namespace, s: Settings) -> int:
     """Several documents at once (or one under a shared rate limit): a progress bar each."""
-    from peer.transfers_cli import buy_many
-
     out_dir = Path(args.out) if args.out else Path.cwd()
     reader = _client(s)
     try:
@@ -188,6 +187,7 @@ def cmd_buy(args: argparse.Namespace, s: Settings) -> int:
 def _buy_once(client: Client, offer: Offer, out: Path, args: argparse.Namespace,
               step: Callable[[str], None]) -> BuyResult:
     """One attempt at ``offer``'s price; the progress bar appears once bytes move (after the sale opened)."""
+    # lazy: rich.progress takes a twenty-fifth of a second to import, and acb --help loads this module
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
     bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),

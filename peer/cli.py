@@ -22,6 +22,7 @@ from peer.cli_support import out as _out
 from peer.cli_support import password as _password
 from peer.gui_cli import desktop_main
 from peer.identity import Profile
+from peer.serve import ProviderService
 
 __all__ = ["register"]
 
@@ -141,8 +142,6 @@ def cmd_cancel(args: argparse.Namespace, s: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, s: Settings) -> int:
-    from peer.serve import ProviderService
-
     client = _client(s)
     host, port = (args.listen or s.env.endpoint).rsplit(":", 1)
     assert client.identity is not None

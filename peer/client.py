@@ -30,7 +30,14 @@ from broker import errors
 from broker import queries as q
 from broker.answers import Answer, parse_answer
 from broker.client import BrokerClient
-from broker.codec import b64d
+from broker.codec import b64d, b64e
+from broker.content import (
+    choose_interval_segments,
+    choose_segment_size,
+    describe_file,
+    interval_count,
+    segment_count_for,
+)
 from broker.envelope import seal
 from broker.money import format_minor, interval_prices, parse_minor
 from broker.replies import Reply
@@ -38,6 +45,7 @@ from broker.sealing import SealError, open_sealed, release_info
 from broker.trust import tagged
 from peer.errors import NotLoggedIn, PeerError, VerificationFailed
 from peer.identity import Identity, Profile, create_identity, needs_rewrap, open_keystore, seal_keystore
+from peer.transfer import ContentMismatch, check_interval, decrypt_file, download
 
 __all__ = ["Client", "BuyResult", "Offer"]
 
@@ -80,8 +88,6 @@ class Offer:
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> Offer:
         """The offer a :meth:`Client.document` answer makes."""
-        from broker.content import interval_count, segment_count_for
-
         n = interval_count(segment_count_for(doc["size"], doc["segment_size"]), doc.get("interval_segments", 0))
         return cls(doc["doc_id"], doc["title"], doc["provider"], int(doc["price"]), int(doc["size"]), n)
 
@@ -253,8 +259,6 @@ class Client:
               description: str = "", doc_id: str | None = None, segment_size: int | None = None,
               interval_bytes: int | None = None) -> dict[str, Any]:
         """Commit to a file's content (size, SHA-256, Merkle root) and publish it at a price."""
-        from broker.content import choose_interval_segments, choose_segment_size, describe_file
-
         me = self._me()
         path = path.resolve()
         if not path.is_file():
@@ -350,8 +354,6 @@ class Client:
 
     def _fetcher(self, doc: dict[str, Any], sale_id: str, progress: Any, io_timeout: float,
                  control: Any) -> Callable[[int | None], Any]:
-        from peer.transfer import download
-
         me = self._me()
         host, port = doc["endpoint"].rsplit(":", 1)
         work = Profile(self.home, me.login).subdir("downloads")
@@ -376,8 +378,6 @@ class Client:
 
     def _buy_split(self, doc: dict[str, Any], sale: dict[str, Any], dest: Path, fetch: Callable[[int | None], Any],
                    step: Callable[[str], None], pending: Purchases) -> BuyResult:
-        from peer.transfer import ContentMismatch, check_interval
-
         sale_id, n, every = sale["sale_id"], sale["intervals"], sale["interval_segments"]
         keys = {j: self._unseal(blob, release_info(sale_id, j)) for j, blob in enumerate(sale["interval_sealed_keys"])}
         paid, fees = sale["paid"], sale["fee_paid"]
@@ -405,8 +405,6 @@ class Client:
     def _finish(self, doc: dict[str, Any], sale_id: str, result: Any, dest: Path, step: Callable[[str], None],
                 price: int, fee: int, *, key: bytes | None = None, interval_keys: dict[int, bytes] | None = None,
                 every: int = 0) -> BuyResult:
-        from peer.transfer import ContentMismatch, decrypt_file
-
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
             decrypt_file(result, key, dest, sha256_hex=doc["sha256"], merkle_root_hex=doc["merkle_root"],
@@ -426,8 +424,6 @@ class Client:
 
     def dispute(self, sale_id: str, result: Any, index: int) -> dict[str, Any]:
         """File the evidence for one bad segment; the ledger judges it with the escrowed key."""
-        from broker.codec import b64e
-
         header, entry, ciphertext = result.evidence_for(index)
         reply = self.send(c.FileDispute(sale_id=sale_id, index=index, header=header.to_wire(),
                                         entry=entry.to_wire(), ciphertext=b64e(ciphertext)))

@@ -26,6 +26,7 @@ def desktop_main(argv: Sequence[str], settings: Settings) -> int:
     args = p.parse_args(argv)
     if not qt_ready(args.screenshot):
         return 1
-    from peer.gui.app import run  # Qt is imported only now, once the app is sure to start
+    # lazy: Qt takes a fifth of a second to import and may be absent; qt_ready has just found it
+    from peer.gui.app import run
 
     return run(settings, login=args.login, screenshot=args.screenshot, tab=args.tab)

@@ -186,6 +186,7 @@ def buy_many(make_client: Callable[[], Client], doc_ids: Sequence[str], out_dir:
     :class:`broker.errors.PriceChanged` and nothing is held, unless the new price is
     within ``max_price``: then it is bought at the new price, and that is said.
     """
+    # lazy: rich.progress takes a twenty-fifth of a second to import, and acb --help loads this module
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
     prios = list(priorities) if priorities else [1] * len(doc_ids)

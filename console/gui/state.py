@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 __all__ = ["SILENT_AFTER_S", "ConsoleState", "DeadLetter", "DeadLetters", "ReplicaBoard", "ReplicaRow"]
@@ -88,8 +88,6 @@ class ReplicaBoard:
 
 
 def _with_lag(row: ReplicaRow, lag: int) -> ReplicaRow:
-    from dataclasses import replace
-
     return replace(row, lag=lag)
 
 

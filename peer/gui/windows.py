@@ -34,6 +34,7 @@ from peer.gui.state import DesktopState, Download, FlowLine, Hit, SaleLine
 from peer.gui.views import AccountPanel, DownloadsPanel, SearchPanel, SharePanel
 from peer.gui.worker import Job, Runner
 from peer.identity import Profile
+from peer.serve import ProviderService
 
 __all__ = ["LoginDialog", "MainWindow", "PriceChange", "PriceChangedDialog"]
 
@@ -491,8 +492,6 @@ class MainWindow(QMainWindow):
 
     def set_serving(self, on: bool) -> None:
         """Start or stop serving this user's shares to buyers on the endpoint of the form."""
-        from peer.serve import ProviderService
-
         if on and self.service is None:
             endpoint = self.share_panel.endpoint.text().strip()
             client = self.session.new_client()
