@@ -111,6 +111,65 @@ def _describe(graph: Graph, component: list[str]) -> str:
     return "\n".join(lines)
 
 
+def unexplained_lazy_imports(root: Path, packages: Iterable[str]) -> list[str]:
+    """Every import inside a function of ``packages`` with no comment saying why it is lazy ("path:line: code").
+
+    The reason is a comment naming "lazy", on the import's first line or the line above it. A run of
+    imports with nothing between them shares the comment above its first. At module level an import
+    needs no reason; inside a function it must earn its place (a fast start-up, an optional heavy
+    dependency), and a bare one is usually a cycle being hidden.
+    """
+    found: list[str] = []
+    for path in _modules(root, packages).values():
+        lines = path.read_text().splitlines()
+        tree = ast.parse("\n".join(lines), filename=str(path))
+        explained: dict[int, bool] = {}  # end line of an import in a function -> has a reason
+        nested = (node for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
+                  for node in ast.walk(fn) if isinstance(node, ast.Import | ast.ImportFrom))
+        for node in sorted(set(nested), key=lambda n: n.lineno):
+            own, above = lines[node.lineno - 1], lines[node.lineno - 2].strip() if node.lineno > 1 else ""
+            ok = ("#" in own and "lazy" in own.partition("#")[2].lower()) or (
+                above.startswith("#") and "lazy" in above.lower()) or explained.get(node.lineno - 1, False)
+            explained[node.end_lineno or node.lineno] = ok
+            if not ok:
+                found.append(f"{path.relative_to(root)}:{node.lineno}: {own.strip()}")
+    return sorted(found)
+
+
+def test_every_import_inside_a_function_says_why_it_is_lazy() -> None:
+    found = unexplained_lazy_imports(ROOT, PACKAGES)
+    assert not found, ("imports inside functions without a '# lazy: why' comment (move them to the top of the "
+                       "module unless they keep a start-up fast):\n" + "\n".join(found))
+
+
+def test_the_lazy_import_check_refuses_a_bare_one(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("import json\n")
+    (pkg / "ok.py").write_text(
+        "def f():\n"
+        "    # lazy: heavy, and only f needs it\n"
+        "    import decimal\n"
+        "    from fractions import Fraction\n"
+        "\n"
+        "    import zlib  # lazy: only here\n"
+        "    return decimal, Fraction, zlib\n")
+    (pkg / "bare.py").write_text(
+        "def f():\n"
+        "    # the answer\n"
+        "    import json\n"
+        "    import csv  # noqa: F401\n"
+        "\n"
+        "    class Inner:\n"
+        "        def g(self):\n"
+        "            import uuid\n"
+        "            return uuid\n"
+        "    return json, Inner\n")
+
+    assert unexplained_lazy_imports(tmp_path, ["pkg"]) == [
+        "pkg/bare.py:3: import json", "pkg/bare.py:4: import csv  # noqa: F401", "pkg/bare.py:8: import uuid"]
+
+
 def test_import_contracts_hold() -> None:
     out = _run(str(BIN / "lint-imports"))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
