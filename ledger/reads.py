@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from broker import errors
 from broker import queries as q
@@ -168,9 +169,6 @@ def _login(state: State, query: q.Login, keys: SystemKeys, now_ms: int) -> dict[
         raise errors.BadChallenge("challenge is not one the ledger issued for this login")
     if not 0 <= now_ms - issued_ms <= CHALLENGE_TTL_MS:
         raise errors.BadChallenge("challenge expired: ask for a new one")
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
     try:
         Ed25519PublicKey.from_public_bytes(bytes.fromhex(user.sign_key)).verify(
             bytes.fromhex(query.signature), tagged("login", query.challenge.encode()))

@@ -16,7 +16,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from broker import commands as c
+from broker.client import BrokerClient
 from broker.codec import canonical
+from broker.envelope import seal
 from broker.errors import BrokerError
 from broker.rabbitmq import RabbitMQ
 from broker.topology import Names
@@ -98,10 +101,6 @@ class Replica:
         operator_key = self.keys.operator_key()
         if operator_key is None:
             return
-        from broker import commands as c
-        from broker.client import BrokerClient
-        from broker.envelope import seal
-
         while not self.stop_event.is_set():
             roster, mine = self.follower.state.roster, self.trust.roster
             if mine is None or (roster is not None and roster.serial >= mine.serial):
