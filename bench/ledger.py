@@ -42,13 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pika
-
 from broker import commands as c
 from broker.admin import AdminApi, amqp_base, read_admin_url, scratch_roles
-from broker.client import BrokerClient, connect
+from broker.client import BrokerClient, pipeline
 from broker.envelope import seal
-from broker.errors import BrokerError
+from broker.errors import BrokerError, ReplyTimeout
 from broker.replies import parse_reply
 from broker.settings import load_environment
 from broker.trust import Trust
@@ -184,41 +182,13 @@ _WINDOW = 200  # pipelined commands in flight at once
 
 def _pipelined(url: str, names: Any, envelopes: list[Any], tally: _Tally) -> _Sample:
     """Publish every command without waiting; take the answers as they come on direct reply-to."""
-    reply_to = "amq.rabbitmq.reply-to"
-    conn = connect(url, name="acb-bench-pipelined")
     try:
-        ch = conn.channel()
-        sent_at: dict[str, float] = {}
-        answered: dict[str, tuple[float, bytes]] = {}
-
-        def on_reply(_ch: Any, _method: Any, props: Any, body: bytes) -> None:
-            if props.correlation_id in sent_at and props.correlation_id not in answered:
-                answered[props.correlation_id] = (time.perf_counter(), body)
-
-        ch.basic_consume(reply_to, on_reply, auto_ack=True)
-        t0 = time.perf_counter()
-        for i, env in enumerate(envelopes):
-            # At most a window in flight: the primary answers `busy` to a channel with more than its share waiting.
-            while len(sent_at) - len(answered) >= _WINDOW:
-                conn.process_data_events(time_limit=0.01)
-            sent_at[env.id] = time.perf_counter()
-            ch.basic_publish(names.commands, "command", env.to_bytes(), pika.BasicProperties(
-                reply_to=reply_to, correlation_id=env.id, content_type="application/json", delivery_mode=2,
-                type="command"))
-            if i % 64 == 63:  # take answers in as they come, so their times are true
-                conn.process_data_events(time_limit=0)
-        deadline = time.monotonic() + 120
-        while len(answered) < len(envelopes) and time.monotonic() < deadline:
-            conn.process_data_events(time_limit=0.05)
-        elapsed = max((at for at, _ in answered.values()), default=time.perf_counter()) - t0
-    finally:
-        conn.close()
-    missing = len(envelopes) - len(answered)
-    if missing:
-        raise BenchFailed(f"{missing} of {len(envelopes)} pipelined commands got no answer within 120 s")
-    for _at, body in answered.values():
-        tally.answer(parse_reply(body))
-    return _Sample(elapsed, len(envelopes), [answered[i][0] - sent_at[i] for i in answered])
+        run = pipeline(url, names, envelopes, window=_WINDOW, timeout=120, name="acb-bench-pipelined")
+    except ReplyTimeout as exc:
+        raise BenchFailed(str(exc)) from exc
+    for answer in run.answers:
+        tally.answer(parse_reply(answer.body))
+    return _Sample(run.seconds, len(envelopes), [a.answered_at - a.sent_at for a in run.answers])
 
 
 def _concurrent(brokers: list[Any], envelopes: list[Any], tally: _Tally) -> _Sample:

@@ -16,6 +16,10 @@ on waiting for the real answer.
 ``$ACB_HOME/system/tls/ca.pem`` or ``$ACB_HOME/broker-ca.pem``, else the
 system's); ``ACB_BROKER_CERT`` and ``ACB_BROKER_KEY`` add a client certificate
 (mutual TLS, for replicas).
+
+Two more tools live here because they need pika itself, and pika stays in this module and
+:mod:`broker.rabbitmq`: :func:`peek_dead_letters` (the operator's look at the dead-letter queue)
+and :func:`pipeline` (commands published without waiting, for the ledger benchmark).
 """
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pika
@@ -39,7 +44,8 @@ from broker.settings import load_environment
 from broker.topology import Names, declare
 from broker.trust import Trust, digest
 
-__all__ = ["BrokerClient", "connect", "tls_context"]
+__all__ = ["BrokerClient", "DeadLetter", "DeadLetterPeek", "Pipelined", "PipelineRun", "connect",
+           "peek_dead_letters", "pipeline", "tls_context"]
 
 log = logging.getLogger(__name__)
 _REPLY_TO = "amq.rabbitmq.reply-to"
@@ -322,3 +328,158 @@ def _verifies(key: bytes, reply: Reply) -> bool:
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+# -- the dead-letter queue ---------------------------------------------------------------------
+
+_PEEK_AT_MOST = 100  # messages taken (and put back) in one look
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead-lettered message as it lies in the queue: its bytes, and the primary's note on why.
+
+    ``reason`` and ``replica`` are the ``x-acb-reason`` and ``x-acb-replica`` headers the primary
+    puts on what it rejects ("" when absent); the body is as it arrived, unparsed and unverified.
+    """
+
+    body: bytes
+    reason: str
+    replica: str
+    correlation_id: str
+
+
+@dataclass(frozen=True)
+class DeadLetterPeek:
+    """What one look at the dead-letter queue saw."""
+
+    count: int | None  # None: the queue does not exist (no ledger set up on this prefix)
+    letters: tuple[DeadLetter, ...] = ()  # the last ``peek`` of the first 100, oldest first
+
+
+def peek_dead_letters(url: str, names: Names, *, peek: int = 0, known_count: int | None = -1) -> DeadLetterPeek:
+    """The dead-letter queue's length and, with ``peek``, its last ``peek`` messages of the first 100,
+    unless the length is still ``known_count`` (then the caller keeps what it peeked before).
+
+    Peeking takes messages without acknowledging them and puts them all back with one nack. That
+    bumps their delivery count, so callers should peek only when the count changes, not on every look.
+    Raises BrokerUnavailable (or BrokerRefused) when the broker cannot be reached or drops us.
+    """
+    conn = connect(url, name="acb-console-dlq")
+    try:
+        ch = conn.channel()
+        try:
+            count = ch.queue_declare(names.dlq, passive=True).method.message_count
+        except pika.exceptions.ChannelClosedByBroker:
+            return DeadLetterPeek(None)
+        if count == known_count:
+            peek = 0
+        letters: list[DeadLetter] = []
+        if peek and count:
+            last_tag = None
+            for _ in range(min(count, _PEEK_AT_MOST)):
+                method, props, body = ch.basic_get(names.dlq, auto_ack=False)
+                if method is None:
+                    break
+                last_tag = method.delivery_tag
+                letters.append(_dead_letter(props, body))
+            if last_tag is not None:
+                ch.basic_nack(delivery_tag=last_tag, multiple=True, requeue=True)
+        return DeadLetterPeek(count, tuple(letters[-peek:]) if letters else ())
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        # Whatever was taken and not put back returns to the queue when the connection closes.
+        raise errors.BrokerUnavailable(f"lost the broker while looking at {names.dlq}: {exc!r}") from exc
+    finally:
+        try:
+            conn.close()
+        except (pika.exceptions.AMQPError, OSError):
+            pass
+
+
+def _dead_letter(props: Any, body: bytes) -> DeadLetter:
+    headers = props.headers or {}
+    return DeadLetter(body, _text(headers.get("x-acb-reason", "")), _text(headers.get("x-acb-replica", "")),
+                      str(props.correlation_id or ""))
+
+
+def _text(value: Any) -> str:
+    # pika hands header strings over as bytes or str depending on how they were sent.
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+# -- pipelined commands ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pipelined:
+    """One command of :func:`pipeline` and its answer, with ``time.perf_counter()`` times."""
+
+    id: str
+    sent_at: float  # just before it was published
+    answered_at: float  # when its answer was taken off the connection
+    body: bytes  # the answer as it came: unparsed and unverified
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    """Every answer of one :func:`pipeline`, in the order they came."""
+
+    started: float  # perf_counter just before the first publish
+    finished: float  # when the last answer came
+    answers: tuple[Pipelined, ...]
+
+    @property
+    def seconds(self) -> float:
+        """From the first publish to the last answer."""
+        return self.finished - self.started
+
+
+def pipeline(url: str, names: Names, envelopes: Sequence[Envelope], *, window: int = 200, timeout: float = 120.0,
+             name: str = "acb-pipeline") -> PipelineRun:
+    """Publish every command without waiting for its answer, at most ``window`` unanswered at once, and
+    collect the answers on direct reply-to as they come; for measuring the ledger, not for trusting it.
+
+    Each command is sent once (no resending, no publisher confirms, no ``mandatory``), and the first
+    answer per id is taken as it came: the caller parses and checks the bodies. Raises ReplyTimeout
+    when some command has no answer ``timeout`` seconds after the last was sent, BrokerUnavailable
+    when the connection fails.
+    """
+    conn = connect(url, name=name)
+    sent_at: dict[str, float] = {}
+    answered: dict[str, tuple[float, bytes]] = {}
+
+    def on_reply(_ch: Any, _method: Any, props: Any, body: bytes) -> None:
+        if props.correlation_id in sent_at and props.correlation_id not in answered:
+            answered[props.correlation_id] = (time.perf_counter(), body)
+
+    try:
+        ch = conn.channel()
+        ch.basic_consume(_REPLY_TO, on_reply, auto_ack=True)
+        started = time.perf_counter()
+        for i, env in enumerate(envelopes):
+            # At most a window in flight: the primary answers `busy` to a channel with more than its share waiting.
+            while len(sent_at) - len(answered) >= window:
+                conn.process_data_events(time_limit=0.01)
+            sent_at[env.id] = time.perf_counter()
+            ch.basic_publish(names.commands, "command", env.to_bytes(), pika.BasicProperties(
+                reply_to=_REPLY_TO, correlation_id=env.id, content_type="application/json", delivery_mode=2,
+                type="command"))
+            if i % 64 == 63:  # take answers in as they come, so their times are true
+                conn.process_data_events(time_limit=0)
+        deadline = time.monotonic() + timeout
+        while len(answered) < len(sent_at) and time.monotonic() < deadline:
+            conn.process_data_events(time_limit=0.05)
+        finished = max((at for at, _ in answered.values()), default=time.perf_counter())
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        raise errors.BrokerUnavailable(f"the broker connection failed mid-pipeline: {exc!r}") from exc
+    finally:
+        try:
+            conn.close()
+        except (pika.exceptions.AMQPError, OSError):
+            pass
+    missing = len(sent_at) - len(answered)
+    if missing:
+        raise errors.ReplyTimeout(f"{missing} of {len(sent_at)} pipelined commands got no answer within "
+                                  f"{timeout:.0f} s")
+    return PipelineRun(started, finished, tuple(Pipelined(i, sent_at[i], at, body)
+                                                for i, (at, body) in answered.items()))

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 from typing import Any, Self
 
-import pika.exceptions
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from broker import client
 from broker import commands as c
 from broker import queries as q
-from broker.client import BrokerClient, connect
+from broker.client import BrokerClient, peek_dead_letters
 from broker.envelope import seal
 from broker.topology import Names
 from console.gui.state import DeadLetter, DeadLetters
@@ -76,48 +76,21 @@ def read_dead_letters(url: str, names: Names, *, peek: int = 0, known_count: int
     """The dead-letter queue's length and, with ``peek``, the reasons of its last ``peek`` messages (of the
     first 100), unless the length is still ``known_count`` (then the caller keeps what it peeked before).
 
-    Peeking takes messages without acknowledging them and puts them all back. That bumps their delivery
-    count, so the console peeks only when the count changes, not on every refresh.
+    Peeking takes messages without acknowledging them and puts them all back
+    (:func:`broker.client.peek_dead_letters`). That bumps their delivery count, so the console peeks
+    only when the count changes, not on every refresh.
     """
-    conn = connect(url, name="acb-console-dlq")
-    try:
-        ch = conn.channel()
-        try:
-            count = ch.queue_declare(names.dlq, passive=True).method.message_count
-        except pika.exceptions.ChannelClosedByBroker:
-            return DeadLetters(None)
-        letters: list[DeadLetter] = []
-        if count == known_count:
-            peek = 0
-        if peek and count:
-            last_tag = None
-            for _ in range(min(count, 100)):
-                method, props, body = ch.basic_get(names.dlq, auto_ack=False)
-                if method is None:
-                    break
-                last_tag = method.delivery_tag
-                letters.append(_letter(props, body))
-            if last_tag is not None:
-                ch.basic_nack(delivery_tag=last_tag, multiple=True, requeue=True)
-        return DeadLetters(count, tuple(letters[-peek:]) if letters else ())
-    finally:
-        try:
-            conn.close()
-        except (pika.exceptions.AMQPError, OSError):
-            pass
+    seen = peek_dead_letters(url, names, peek=peek, known_count=known_count)
+    return DeadLetters(seen.count, tuple(_letter(letter) for letter in seen.letters))
 
 
-def _letter(props: Any, body: bytes) -> DeadLetter:
-    headers = props.headers or {}
+def _letter(letter: client.DeadLetter) -> DeadLetter:
+    # Shown as found: a dead letter is often not a valid envelope, so this reads what it can and no more.
     sender = kind = ident = ""
     try:
-        envelope = json.loads(body).get("body", {})
+        envelope = json.loads(letter.body).get("body", {})
         sender, ident = str(envelope.get("sender", "")), str(envelope.get("id", ""))
         kind = str(envelope.get("payload", {}).get("type", ""))
     except (ValueError, AttributeError):
         kind = "unparseable"
-    reason = headers.get("x-acb-reason", "")
-    replica = headers.get("x-acb-replica", "")
-    return DeadLetter(reason.decode() if isinstance(reason, bytes) else str(reason),
-                      replica.decode() if isinstance(replica, bytes) else str(replica), sender, kind,
-                      ident or str(props.correlation_id or ""))
+    return DeadLetter(letter.reason, letter.replica, sender, kind, ident or letter.correlation_id)
