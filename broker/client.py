@@ -27,7 +27,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +44,7 @@ from broker.settings import load_environment
 from broker.topology import Names, declare
 from broker.trust import Trust, digest
 
-__all__ = ["BrokerClient", "DeadLetter", "DeadLetterPeek", "Pipelined", "PipelineRun", "connect",
+__all__ = ["BrokerClient", "DeadLetter", "DeadLetterPeek", "Pipelined", "PipelineRun", "connect", "listen",
            "peek_dead_letters", "pipeline", "tls_context"]
 
 log = logging.getLogger(__name__)
@@ -328,6 +328,41 @@ def _verifies(key: bytes, reply: Reply) -> bool:
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+# -- listening to a fanout ------------------------------------------------------------------------
+
+
+def listen(url: str, exchange: str, wait: float, *, name: str = "acb-listener") -> Iterator[bytes]:
+    """Every message published to ``exchange`` during the next ``wait`` seconds, as it came (unverified).
+
+    Yields nothing when the exchange does not exist (nobody has ever published there). Raises
+    BrokerUnavailable when the broker refuses to let us listen, cannot be reached or drops us.
+    """
+    conn = connect(url, name=name)
+    try:
+        ch = conn.channel()
+        queue = ch.queue_declare("", exclusive=True, auto_delete=True).method.queue
+        try:
+            ch.queue_bind(queue, exchange)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == 404:
+                return
+            raise errors.BrokerUnavailable(f"the broker refused to let us listen to {exchange}: "
+                                           f"{exc.reply_text}") from exc
+        deadline = time.monotonic() + wait
+        for method, _props, body in ch.consume(queue, auto_ack=True, inactivity_timeout=0.1):
+            if method is not None:
+                yield body
+            if time.monotonic() >= deadline:
+                break
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        raise errors.BrokerUnavailable(f"lost the broker while listening to {exchange}: {exc!r}") from exc
+    finally:
+        try:
+            conn.close()
+        except (pika.exceptions.AMQPError, OSError):
+            pass
 
 
 # -- the dead-letter queue ---------------------------------------------------------------------

@@ -11,10 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pika.exceptions
-
-from broker.client import connect
-from broker.errors import BrokerError, BrokerUnavailable
+from broker.client import listen
+from broker.errors import BrokerError
 from broker.topology import Names
 from broker.trust import Trust, check_signed
 
@@ -55,33 +53,14 @@ def collect_status(url: str, names: Names, wait: float = 2.5, *, trust: Trust | 
     """
     if trust is None:
         trust = Trust.load(home) if home is not None else Trust.from_env()
-    conn = connect(url, name="acb-status-reader")
     latest: dict[str, dict[str, Any]] = {}
     forged = 0
-    try:
-        ch = conn.channel()
-        queue = ch.queue_declare("", exclusive=True, auto_delete=True).method.queue
-        try:
-            ch.queue_bind(queue, names.status)
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code == 404:
-                return []  # no replica has ever started under this prefix: nobody to hear from
-            raise BrokerUnavailable(f"the broker refused to show the replicas' status: {exc.reply_text}") from exc
-        deadline = time.monotonic() + wait
-        for method, _props, body in ch.consume(queue, auto_ack=True, inactivity_timeout=0.1):
-            if method is not None:
-                status = verified_status(trust, body)
-                if status is None:
-                    forged += 1
-                elif status["at_ms"] >= latest.get(status["replica"], {}).get("at_ms", 0):
-                    latest[status["replica"]] = status
-            if time.monotonic() >= deadline:
-                break
-    finally:
-        try:
-            conn.close()
-        except (pika.exceptions.AMQPError, OSError):
-            pass
+    for body in listen(url, names.status, wait, name="acb-status-reader"):
+        status = verified_status(trust, body)
+        if status is None:
+            forged += 1
+        elif status["at_ms"] >= latest.get(status["replica"], {}).get("at_ms", 0):
+            latest[status["replica"]] = status
     if forged:
         log.warning("%d status messages not signed by a certified replica were ignored", forged)
     head = max((s["seq"] for s in latest.values()), default=0)
