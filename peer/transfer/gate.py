@@ -180,14 +180,16 @@ class HelloGate:
 
     def _refuse(self, arrival: Arrival, reason: str) -> None:
         self.turned_away += 1
-        # Best effort and never blocking: a stranger that does not read gets no more of our time.
-        with contextlib.suppress(OSError):
-            arrival.sock.send(protocol.refusal_line(reason))
-        self._drop(arrival)
+        # Recorded before the stranger hears of it: whoever sees the refusal can then also see it
+        # in the provider's uploads (a loaded machine once showed the list before the record).
         try:
             self._on_refused(arrival, reason)
         except Exception:
             log.exception("recording a refusal failed")
+        # Best effort and never blocking: a stranger that does not read gets no more of our time.
+        with contextlib.suppress(OSError):
+            arrival.sock.send(protocol.refusal_line(reason))
+        self._drop(arrival)
 
     def _forget(self, arrival: Arrival) -> None:
         fd = arrival.sock.fileno()
