@@ -32,16 +32,43 @@ from broker.transport import Delivery, Transport
 from broker.trust import Trust, check_signed, signed, tagged
 from ledger.connected import BROKER_TROUBLE, keep_connected
 from ledger.errors import ChainBroken
-from ledger.log import ACCEPTED, HALT, LogBatch, Outcome, fold_entry, replay_row
-from ledger.model import State, state_from_dict, state_hash, state_to_dict
+from ledger.log import ACCEPTED, HALT, LogBatch, Outcome, command_digest, fold_entry, replay_row
+from ledger.model import (
+    COMMAND_BUCKET,
+    COMMAND_WINDOW,
+    State,
+    canonical_pieces,
+    state_from_dict,
+    state_hash,
+    state_to_dict,
+)
 from ledger.store import Row, Store
 
-__all__ = ["Follower"]
+__all__ = ["Follower", "snapshot_due", "snapshot_phase"]
 
 log = logging.getLogger(__name__)
 _GROUP = 512  # stream messages folded per store transaction at most
 _MAX_SNAPSHOT_BYTES = 1 << 30  # a shared snapshot larger than this when inflated is refused unread
 _SNAPSHOT_SIGNER, _SNAPSHOT_SIGNATURE = "acb-signer", "acb-signature"  # headers of a shared snapshot message
+
+
+def snapshot_phase(replica_id: str, every: int) -> int:
+    """Where in each ``every`` events this replica snapshots: a hash of its id, so replicas differ."""
+    if every <= 0:
+        return 0
+    return int.from_bytes(hashlib.sha256(replica_id.encode()).digest()[:8], "big") % every
+
+
+def snapshot_due(last: int, seq: int, every: int, replica_id: str) -> bool:
+    """Whether reaching ``seq`` (the last snapshot at ``last``) passes this replica's next snapshot point.
+
+    The points are ``every`` events apart, shifted by :func:`snapshot_phase`: the replicas of one log take
+    their snapshots at different events, so they never all pause together.
+    """
+    if every <= 0:
+        return False
+    phase = snapshot_phase(replica_id, every)
+    return (seq + phase) // every > (last + phase) // every
 
 
 class Follower:
@@ -295,7 +322,7 @@ class Follower:
                 if entry_id in self._expected and self._expected[entry_id] is None:  # the first verdict stands
                     self._expected[entry_id] = outcome
             self._cond.notify_all()
-        due = self.snapshot_every and state.seq - self._last_snapshot >= self.snapshot_every
+        due = snapshot_due(self._last_snapshot, state.seq, self.snapshot_every, self.replica_id)
         if due and (self._snapshotter is None or not self._snapshotter.is_alive()):
             # Off this thread: the state is immutable, and a large one takes a while to picture. The
             # log goes on being followed meanwhile, and the primary keeps its heartbeats.
@@ -308,8 +335,15 @@ class Follower:
     def _snapshot(self, state: State, offset: int, share: bool) -> None:
         try:
             picture = state_to_dict(state)
-            digest = hashlib.sha256(canonical(picture)).hexdigest()  # == state_hash(state), computed once
-            self.store.save_snapshot(state.seq, digest, offset, picture, int(time.time() * 1000))
+            # In pieces, hashing and compressing as they come: one encoding of the whole picture would hold
+            # the interpreter for its whole length, and the follower and the read server with it.
+            hasher, deflater, parts = hashlib.sha256(), zlib.compressobj(3), []
+            for piece in canonical_pieces(picture):
+                hasher.update(piece)
+                parts.append(deflater.compress(piece))
+            parts.append(deflater.flush())
+            digest = hasher.hexdigest()  # == state_hash(state), computed once
+            self.store.save_snapshot(state.seq, digest, offset, None, int(time.time() * 1000), blob=b"".join(parts))
             if share and self.key is not None:
                 link = self.transport.open(f"acb-snapshot-{self.replica_id}", heartbeat=5)
                 try:
@@ -330,6 +364,35 @@ class Follower:
         """Let a snapshot being taken finish (before the store closes)."""
         if self._snapshotter is not None:
             self._snapshotter.join(timeout)
+
+    def applied_command(self, command_id: str) -> dict[str, Any] | None:
+        """What the log answered ``command_id``, as ``State.commands`` keeps it, or None if it was never applied.
+
+        The state remembers the last :data:`ledger.model.COMMAND_WINDOW` events' ids; an older one is looked
+        up in this replica's store, up to what this replica has applied.
+        """
+        state = self.state
+        done = state.commands.get(command_id)
+        if done is not None:
+            return dict(done)
+        if state.seq < COMMAND_WINDOW + COMMAND_BUCKET:
+            return None  # nothing has left the window yet: not a read of the store per new command
+        row = self.store.command_row(command_id, upto=state.seq)
+        if row is None:
+            return None
+        found: dict[str, Any] = {"seq": row.seq, "result": row.reply}
+        digest = command_digest(row.entry.get("command") if row.entry is not None else None)
+        if digest is not None:
+            found["digest"] = digest
+        return found
+
+    def flows(self, account: str, limit: int, upto: int | None = None) -> list[dict[str, Any]]:
+        """The newest ``limit`` cash flows of ``account`` up to ``upto`` (default: the applied state), oldest first.
+
+        From the store's projection: the replicated state keeps no history. A replica that joined from a
+        shared snapshot holds the flows of the events it applied since.
+        """
+        return self.store.flows(account, self.state.seq if upto is None else upto, limit)
 
     def _halt(self, reason: str) -> None:
         log.critical("REPLICA %s HALTED, applying nothing more: %s", self.replica_id, reason)

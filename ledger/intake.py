@@ -187,6 +187,7 @@ class _Batch:
     folds: dict[str, Folded] = field(default_factory=dict)
     refused: dict[RefusalKey, Reply] = field(default_factory=dict)  # this batch's own, before the caller keeps them
     ticked: bool = False
+    applied: Callable[[str], dict[str, Any] | None] | None = None  # ids past the state's window (the store)
 
     def append(self, entry: LogEntry) -> None:
         before = self.state
@@ -200,12 +201,12 @@ class _Batch:
 
 
 def decide_batch(state: State, messages: Sequence[Incoming], ctx: Context, writer: Writer,
-                 refusals: Refusals) -> Plan:
+                 refusals: Refusals, applied: Callable[[str], dict[str, Any] | None] | None = None) -> Plan:
     """Decide a batch of messages against ``state``, one after another, each seeing the entries before it.
 
     ``refusals`` is only read; the plan's ``refusals`` are the new ones for the caller to remember.
     """
-    batch = _Batch(writer, ctx, refusals, state)
+    batch = _Batch(writer, ctx, refusals, state, applied=applied)
     verdicts = tuple(_tick(batch) if m.tick else _command(batch, m) for m in messages)
     return Plan(verdicts=verdicts, entries=tuple(batch.entries), folds=batch.folds, state=batch.state,
                 refusals=tuple(batch.refused.items()))
@@ -242,6 +243,9 @@ def _command(batch: _Batch, message: Incoming) -> Verdict:
                        dead_letter=f"unparseable: {exc!r}", error=exc)
     mine = command_digest(env.wire())
     done = batch.state.commands.get(env.id)
+    if done is None and batch.applied is not None:
+        # The state remembers ids for a window only (ledger.model.COMMAND_WINDOW); older ones are in the store.
+        done = batch.applied(env.id)
     if done is not None:
         if done.get("digest", mine) != mine:
             # Another command took this id first: its answer is not this one's to have.

@@ -17,6 +17,7 @@ verdict on each entry:
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from ledger.model import Record, State, apply
 from ledger.store import Row
 
 __all__ = ["LogEntry", "LogBatch", "Outcome", "fold_entry", "replay_row", "signature_problem", "command_digest",
-           "ACCEPTED", "IGNORED", "HALT"]
+           "flows_of", "ACCEPTED", "IGNORED", "HALT"]
 
 ACCEPTED, IGNORED, HALT = "accepted", "ignored", "halt"
 
@@ -232,12 +233,18 @@ def _applied(state: State, entry: LogEntry, events: list[Any]) -> tuple[Outcome,
         payload = entry.events[i]
         digest = chain_hash(state.head_hash, seq=seq, epoch=entry.epoch, at_ms=entry.at_ms,
                             command_id=command_id, payload=payload, reply=reply)
-        # The last row of an entry keeps the whole signed entry, so an audit can check every signature.
-        rows.append(Row(seq, entry.epoch, entry.at_ms, command_id, event.type, _version(payload), payload,
-                        reply, state.head_hash, digest, written if last else None))
+        prev_hash = state.head_hash
         state = apply(state, Record(seq, entry.epoch, entry.at_ms, event, digest, command_id, reply,
                                     command_digest(entry.command)))
+        # The last row of an entry keeps the whole signed entry, so an audit can check every signature.
+        rows.append(Row(seq, entry.epoch, entry.at_ms, command_id, event.type, _version(payload), payload,
+                        reply, prev_hash, digest, written if last else None, flows_of(state)))
     return Outcome(ACCEPTED, first_seq=first_seq, last_seq=state.seq), state, rows
+
+
+def flows_of(state: State) -> tuple[dict[str, Any], ...]:
+    """The cash flows the record just applied caused, as the store's projection keeps them."""
+    return tuple({"account": account, **dataclasses.asdict(flow)} for account, flow in state.last_flows)
 
 
 def _version(payload: dict[str, Any]) -> int:

@@ -5,11 +5,18 @@ I/O and reads no clock: the primary, every backup and the audit replay run the
 same function over the same records and reach the same state (compare
 :func:`state_hash`). State is immutable (pyrsistent maps), so readers hold a
 consistent snapshot without locks while the follower swaps in the next one.
+
+The state holds what deciding a command needs, and no history: each apply says
+which cash flows it caused (``State.last_flows``, not part of the state proper)
+and the store keeps them as a projection beside the events. Command ids stay
+for a window of :data:`COMMAND_WINDOW` events (see there); older ones are found
+in the store's events table by their index.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import singledispatch
 from typing import Any
@@ -23,11 +30,20 @@ from ledger import events as ev
 
 __all__ = [
     "State", "Record", "User", "Document", "Sale", "Flow", "apply", "state_hash", "state_to_dict",
-    "state_from_dict", "GENESIS_HASH", "invariant_violations", "invariant_findings", "OPEN", "SETTLED", "VOIDED",
-    "REFUNDED",
+    "state_from_dict", "canonical_pieces", "GENESIS_HASH", "invariant_violations", "invariant_findings", "OPEN",
+    "SETTLED", "VOIDED", "REFUNDED", "COMMAND_WINDOW", "COMMAND_BUCKET",
 ]
 
 GENESIS_HASH = "0" * 64
+# Command ids leave the state in buckets of COMMAND_BUCKET sequences: when the log reaches a multiple of
+# COMMAND_BUCKET, the ids applied more than COMMAND_WINDOW events before it go. By sequence, never by a clock,
+# so every replica drops the same ids at the same event and their state hashes stay equal. An id is thus
+# remembered in the state for between COMMAND_WINDOW and COMMAND_WINDOW + COMMAND_BUCKET events (about two
+# minutes of the seed's profile at 12,000 users): a retry within it is answered from the state; an older one
+# is found in the store (``Store.command_outcome``), and past the envelope's freshness (``Context.max_skew_ms``)
+# it is refused as stale anyway.
+COMMAND_BUCKET = 1000
+COMMAND_WINDOW = 20 * COMMAND_BUCKET
 OPEN, SETTLED, VOIDED, REFUNDED = "open", "settled", "voided", "refunded"
 
 
@@ -132,9 +148,13 @@ class State:
     held: PMap = field(default_factory=pmap)  # account -> sum of its open holds
     documents: PMap = field(default_factory=pmap)
     sales: PMap = field(default_factory=pmap)
-    commands: PMap = field(default_factory=pmap)  # command id -> {"seq", "result"}: the first answer
-    flows: PMap = field(default_factory=pmap)  # account -> PVector[Flow]
+    commands: PMap = field(default_factory=pmap)  # command id -> {"seq", "result"}: the first answer, in the window
     roster: Roster | None = None  # the operator-signed replica keys in force (checked before it got here)
+    # Derived, not hashed or serialised: the window's ids by seq // COMMAND_BUCKET, to drop a bucket at once.
+    command_buckets: PMap = field(default_factory=pmap, compare=False, repr=False)
+    # The cash flows the last applied record caused, as (account, flow): for the store's projection, which
+    # keeps the history; replaced by every apply, so it never grows.
+    last_flows: tuple[tuple[str, Flow], ...] = field(default=(), compare=False, repr=False)
 
     def balance(self, account: str) -> int:
         return int(self.balances.get(account, 0))
@@ -145,13 +165,30 @@ class State:
 
 def apply(state: State, record: Record) -> State:
     """The state after ``record``. Pure: same inputs, same output, no side effects."""
+    if state.last_flows:
+        state = dataclasses.replace(state, last_flows=())
     new = _mutate(record.event, state, record)
     changes: dict[str, Any] = {"seq": record.seq, "head_hash": record.hash}
+    commands, buckets = new.commands, new.command_buckets
+    if record.seq % COMMAND_BUCKET == 0:
+        gone = record.seq // COMMAND_BUCKET - COMMAND_WINDOW // COMMAND_BUCKET - 1
+        old = buckets.get(gone)
+        if old is not None:
+            evolver = commands.evolver()
+            for command_id in old:
+                # Only if that id still belongs to that bucket (an id is remembered once, at its first answer).
+                if commands.get(command_id, {}).get("seq", -1) // COMMAND_BUCKET == gone:
+                    del evolver[command_id]
+            commands, buckets = evolver.persistent(), buckets.remove(gone)
     if record.command_id is not None and record.reply is not None:
         done: dict[str, Any] = {"seq": record.seq, "result": record.reply}
         if record.command_digest is not None:
             done["digest"] = record.command_digest
-        changes["commands"] = new.commands.set(record.command_id, done)
+        bucket = record.seq // COMMAND_BUCKET
+        commands = commands.set(record.command_id, done)
+        buckets = buckets.set(bucket, buckets.get(bucket, pvector()).append(record.command_id))
+    if commands is not new.commands:
+        changes["commands"], changes["command_buckets"] = commands, buckets
     return dataclasses.replace(new, **changes)
 
 
@@ -161,10 +198,9 @@ def _mutate(event: Any, state: State, rec: Record) -> State:
 
 
 def _credit(state: State, account: str, amount: int, flow: Flow) -> dict[str, Any]:
-    flows = state.flows.get(account, pvector())
     return {
         "balances": state.balances.set(account, state.balance(account) + amount),
-        "flows": state.flows.set(account, flows.append(flow)),
+        "last_flows": state.last_flows + ((account, flow),),
     }
 
 
@@ -366,7 +402,6 @@ def state_to_dict(state: State) -> dict[str, Any]:
     out["balances"] = dict(state.balances)
     out["held"] = dict(state.held)
     out["commands"] = {k: dict(v) for k, v in state.commands.items()}
-    out["flows"] = {k: [dataclasses.asdict(f) for f in v] for k, v in state.flows.items()}
     if state.roster is not None:  # absent rather than null, so states from before rosters hash as they did
         out["roster"] = state.roster.to_wire()
     return out
@@ -379,15 +414,44 @@ def state_from_dict(data: dict[str, Any]) -> State:
     kwargs["balances"] = pmap(data["balances"])
     kwargs["held"] = pmap(data["held"])
     kwargs["commands"] = pmap(data["commands"])
-    kwargs["flows"] = pmap({k: pvector(Flow(**f) for f in v) for k, v in data["flows"].items()})
+    kwargs["command_buckets"] = _buckets(data["commands"])
+    # A picture from before flows left the state still carries them and no longer hashes to its digest:
+    # whoever checks it (recovery, a join, the audit) then replays the log instead.
     if data.get("roster") is not None:
         kwargs["roster"] = Roster.from_wire(data["roster"])
     return State(**kwargs)
 
 
+def _buckets(commands: dict[str, Any]) -> PMap:
+    by_bucket: dict[int, list[tuple[int, str]]] = {}
+    for command_id, done in commands.items():
+        by_bucket.setdefault(int(done["seq"]) // COMMAND_BUCKET, []).append((int(done["seq"]), command_id))
+    return pmap({b: pvector(cid for _, cid in sorted(ids)) for b, ids in by_bucket.items()})
+
+
 def _tuples(fields: dict[str, Any]) -> dict[str, Any]:
     # JSON has lists; the frozen records hold tuples.
     return {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+
+
+_PIECE = 256  # entries of a table encoded at once by canonical_pieces
+
+
+def canonical_pieces(picture: dict[str, Any]) -> Iterator[bytes]:
+    """``canonical(picture)`` in pieces (their concatenation is exactly those bytes), a table a few hundred
+    entries at a time, so a thread encoding a large state lets the others run in between."""
+    yield b"{"
+    for i, (key, value) in enumerate(sorted(picture.items())):
+        yield (b"," if i else b"") + canonical(key) + b":"
+        if not (isinstance(value, dict) and len(value) > _PIECE):
+            yield canonical(value)
+            continue
+        items = sorted(value.items())
+        for start in range(0, len(items), _PIECE):
+            body = canonical(dict(items[start:start + _PIECE]))[1:-1]
+            yield (b"{" if start == 0 else b",") + body
+        yield b"}"
+    yield b"}"
 
 
 def state_hash(state: State) -> str:

@@ -224,7 +224,8 @@ class CommandProcessor:
                 raise Deposed(f"epoch {self.follower.state.epoch} belongs to {self.follower.state.primary}")
             self._become_primary(link)
         messages = [Incoming(d.body, d.correlation_id, tick=d.type == TICK) for d in batch]
-        plan = decide_batch(self.follower.state, messages, self.context(), self._writer(self.epoch), self.refusals)
+        plan = decide_batch(self.follower.state, messages, self.context(), self._writer(self.epoch), self.refusals,
+                            self.follower.applied_command)
         self.refusals.remember(plan.refusals)
         for delivery, verdict in zip(batch, plan.verdicts, strict=True):
             if verdict.error is not None and not isinstance(verdict.error, errors.CommandRejected):

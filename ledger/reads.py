@@ -75,8 +75,12 @@ def newest_roster(state: State, trust: Trust | None) -> Any:
 
 
 def answer(state: State, env: Envelope, keys: SystemKeys, catalog: Catalog, now_ms: int,
-           trust: Trust | None = None, fetches: RateLimiter | None = None) -> dict[str, Any]:
-    """The result of one query against one state. Raises CommandRejected."""
+           trust: Trust | None = None, fetches: RateLimiter | None = None,
+           flows: Callable[[str, int, int], list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """The result of one query against one state. Raises CommandRejected.
+
+    ``flows(account, limit, upto)`` reads cash-flow history, which the state does not keep (the store does).
+    """
     query = env.payload
     kind = query.type
     if kind not in q.PUBLIC_QUERIES:
@@ -88,8 +92,8 @@ def answer(state: State, env: Envelope, keys: SystemKeys, catalog: Catalog, now_
         return {"account": query.account, "available": state.balance(query.account),
                 "held": state.holds(query.account), "seq": state.seq}
     if isinstance(query, q.Flows):
-        flows = list(state.flows.get(query.account, []))[-query.limit:]
-        return {"account": query.account, "flows": [dataclasses.asdict(f) for f in flows], "seq": state.seq}
+        history = flows(query.account, query.limit, state.seq) if flows is not None else []
+        return {"account": query.account, "flows": history, "seq": state.seq}
     if isinstance(query, q.SaleStatus):
         sale = state.sales.get(query.sale_id)
         if sale is None:
@@ -272,7 +276,7 @@ class ReadServer:
     def _answer(self, env: Envelope) -> Reply:
         state = self.follower.state
         result = answer(state, env, self.keys, self.catalog, int(time.time() * 1000), self.trust,
-                        self.keystore_fetches)
+                        self.keystore_fetches, self.follower.flows)
         # Built as the query's answer model: this replica cannot send a shape clients do not know.
         typed = parse_answer(env.payload.type, result)
         return Reply(id=env.id, ok=True, seq=state.seq, result=typed.to_result(), served_by=self.replica_id)

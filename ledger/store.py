@@ -6,6 +6,11 @@ upcasters and the schema only by alembic migrations (``migrations/``).
 SQLite by default (one file per replica), PostgreSQL when the URL says so.
 What a replica has applied and how far it has read the broker's log are
 written in the same transaction, so a crash neither skips nor repeats.
+
+History that no command needs to be decided lives here rather than in the
+replicated state: the cash flows each event caused (``flows``, a projection
+written in the same transaction as its events), and the answers of commands
+older than the state's window (found in ``events`` by the command id index).
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from broker.codec import canonical
 from broker.settings import load_environment
 from ledger.errors import StoreError
 
-__all__ = ["Store", "Row", "default_store_url", "migrate", "EVENTS", "META", "SNAPSHOTS"]
+__all__ = ["Store", "Row", "default_store_url", "migrate", "EVENTS", "META", "SNAPSHOTS", "FLOWS", "FLOW_FIELDS"]
 
 _metadata = sa.MetaData()
 EVENTS = sa.Table(
@@ -57,6 +62,22 @@ SNAPSHOTS = sa.Table(
     sa.Column("created_ms", sa.BigInteger, nullable=False),
 )
 
+FLOWS = sa.Table(
+    "flows", _metadata,
+    sa.Column("account", sa.String(64), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("n", sa.Integer, primary_key=True, autoincrement=False),  # an event may move one account twice
+    sa.Column("at_ms", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("counterparty", sa.String(80), nullable=False),
+    sa.Column("doc_id", sa.String(80), nullable=False),
+    sa.Column("sale_id", sa.String(80), nullable=False),
+    sa.Column("memo", sa.Text, nullable=False),
+)
+# A flow as a read answers it (the fields of ledger.model.Flow, in its order).
+FLOW_FIELDS = ("seq", "at_ms", "kind", "amount", "counterparty", "doc_id", "sale_id", "memo")
+
 
 def default_store_url(name: str = "ledger") -> str:
     """``ACB_STORE_URL``, else a SQLite file under ``ACB_HOME`` (default ``~/.acb``)."""
@@ -85,6 +106,9 @@ class Row:
     prev_hash: str
     hash: str
     entry: dict[str, Any] | None = None  # the signed log entry, on the last row it produced
+    # The cash flows the event caused, each with its "account" and the FLOW_FIELDS: the store's projection,
+    # not part of the event (nor of its hash); empty for rows read back from the store.
+    flows: tuple[dict[str, Any], ...] = ()
 
 
 def _engine(url: str) -> sa.Engine:
@@ -147,6 +171,9 @@ class Store:
             with self.engine.begin() as conn:
                 if rows:
                     conn.execute(EVENTS.insert(), [_to_db(r) for r in rows])
+                    flows = [{**f, "n": n} for r in rows for n, f in enumerate(r.flows)]
+                    if flows:
+                        conn.execute(FLOWS.insert(), flows)
                 for key, value in (meta or {}).items():
                     _upsert_meta(conn, key, value)
         except SQLAlchemyError as exc:
@@ -155,8 +182,11 @@ class Store:
     def set_meta(self, key: str, value: str) -> None:
         self.append([], {key: value})
 
-    def save_snapshot(self, seq: int, state_hash: str, stream_offset: int, state: dict[str, Any], now_ms: int) -> None:
-        blob = zlib.compress(canonical(state), 3)
+    def save_snapshot(self, seq: int, state_hash: str, stream_offset: int, state: dict[str, Any] | None, now_ms: int,
+                      *, blob: bytes | None = None) -> None:
+        """Keep a snapshot: the state's picture, or ``blob``, its canonical bytes compressed already."""
+        if blob is None:
+            blob = zlib.compress(canonical(state), 3)
         try:
             with self.engine.begin() as conn:
                 conn.execute(SNAPSHOTS.delete().where(SNAPSHOTS.c.seq == seq))
@@ -197,6 +227,25 @@ class Store:
             if len(got) < batch:
                 return
             last = got[-1].seq
+
+    def flows(self, account: str, upto: int, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` cash flows of ``account`` up to event ``upto``, oldest first."""
+        query = (sa.select(*(FLOWS.c[f] for f in FLOW_FIELDS))
+                 .where(FLOWS.c.account == account, FLOWS.c.seq <= upto)
+                 .order_by(FLOWS.c.seq.desc(), FLOWS.c.n.desc()).limit(limit))
+        with self._reading() as conn:
+            got = conn.execute(query).all()
+        return [dict(zip(FLOW_FIELDS, r, strict=True)) for r in reversed(got)]
+
+    def command_row(self, command_id: str, upto: int | None = None) -> Row | None:
+        """The row that answered ``command_id`` (its first, the one with the reply), if it is stored."""
+        query = (sa.select(EVENTS).where(EVENTS.c.command_id == command_id, EVENTS.c.reply.is_not(None))
+                 .order_by(EVENTS.c.seq).limit(1))
+        if upto is not None:
+            query = query.where(EVENTS.c.seq <= upto)
+        with self._reading() as conn:
+            row = conn.execute(query).first()
+        return _from_db(row) if row is not None else None
 
     def latest_snapshot(self, at_most: int | None = None) -> tuple[int, str, int, dict[str, Any]] | None:
         """``(seq, state_hash, stream_offset, state_dict)`` of the newest snapshot, if any."""

@@ -69,7 +69,8 @@ def test_deposit_credits_and_records_a_flow() -> None:
     state = run(State(), user("bob"), ev.Deposited(account="bob", amount=5000, memo="top-up"))
     assert state.balance("bob") == 5000
     assert state.deposited == 5000
-    [flow] = state.flows["bob"]
+    [(account, flow)] = state.last_flows  # the store keeps the history; the state says what the last event caused
+    assert account == "bob"
     assert (flow.kind, flow.amount, flow.memo, flow.seq) == ("deposit", 5000, "top-up", 2)
     assert invariant_violations(state) == []
 
