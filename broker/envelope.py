@@ -3,7 +3,12 @@
 Wire shape::
 
     {"body": {"id": ..., "sender": ..., "issued_at": ms, "kind": "command"|"query",
-              "payload": {...}, "min_seq": int}, "signature": base64}
+              "payload": {...}, "min_seq": int, "deadline": ms}, "signature": base64}
+
+``deadline`` (optional: old clients send none) is when the sender stops waiting, on its own clock.
+It is signed with the rest, so nobody on the way can stretch or shorten it. A request still
+waiting past it is not worth carrying out: the primary and the read servers answer it ``expired``
+instead (:func:`expired`), allowing :data:`DEADLINE_GRACE_MS` for the clocks to disagree.
 
 The signature is Ed25519 over the canonical encoding of ``body`` exactly as it
 arrived, so a command whose id (or anything else) was changed no longer
@@ -27,10 +32,14 @@ from broker.commands import COMMAND_ADAPTER, Command
 from broker.queries import QUERY_ADAPTER, Query
 from broker.trust import tagged
 
-__all__ = ["Envelope", "seal", "open_envelope", "verify", "new_id", "now_ms"]
+__all__ = ["Envelope", "seal", "open_envelope", "verify", "new_id", "now_ms", "expired", "DEADLINE_GRACE_MS"]
 
 _SUPPORTED_VERSIONS = {1}
-_BODY_KEYS = frozenset({"id", "sender", "issued_at", "kind", "payload", "min_seq"})
+_BODY_KEYS = frozenset({"id", "sender", "issued_at", "kind", "payload", "min_seq", "deadline"})
+# How far a client's clock and the ledger's may disagree before deadlines misfire. NTP keeps them within
+# milliseconds; a client whose clock is further behind sees its requests answered `expired` at once, and
+# the answer says why. A clock ahead only makes its requests live longer (never past its own patience).
+DEADLINE_GRACE_MS = 2_000
 
 
 def new_id() -> str:
@@ -39,6 +48,7 @@ def new_id() -> str:
 
 
 def now_ms() -> int:
+    """Wall-clock time in milliseconds, as envelopes carry it."""
     return int(time.time() * 1000)
 
 
@@ -54,6 +64,7 @@ class Envelope:
     min_seq: int
     body: dict[str, Any]
     signature: bytes | None
+    deadline: int | None = None  # ms on the sender's clock; None: an old client, no deadline
 
     def wire(self) -> dict[str, Any]:
         """The envelope as the JSON object that travels (and that a log entry carries)."""
@@ -75,8 +86,12 @@ def seal(
     id: str | None = None,
     min_seq: int = 0,
     issued_at: int | None = None,
+    deadline: int | None = None,
 ) -> Envelope:
-    """Build and sign an envelope (unsigned when ``key`` is None, for public queries)."""
+    """Build and sign an envelope (unsigned when ``key`` is None, for public queries).
+
+    ``deadline`` (ms, this machine's clock) is when the sender will stop waiting for the answer.
+    """
     ident = id or new_id()
     at = now_ms() if issued_at is None else issued_at
     body: dict[str, Any] = {
@@ -87,10 +102,12 @@ def seal(
         "payload": payload.model_dump(mode="json"),
         "min_seq": min_seq,
     }
+    if deadline is not None:
+        body["deadline"] = deadline
     signature = key.sign(tagged("envelope", canonical(body))) if key is not None else None
     return Envelope(
         id=ident, sender=sender, issued_at=at, kind=kind,
-        payload=payload, min_seq=min_seq, body=body, signature=signature,  # type: ignore[arg-type]
+        payload=payload, min_seq=min_seq, body=body, signature=signature, deadline=deadline,  # type: ignore[arg-type]
     )
 
 
@@ -134,7 +151,17 @@ def open_envelope(raw: bytes) -> Envelope:
     if not (isinstance(ident, str) and 8 <= len(ident) <= 80 and isinstance(sender, str) and len(sender) <= 32
             and isinstance(issued_at, int) and isinstance(min_seq, int)):
         raise errors.Malformed("envelope id, sender, issued_at or min_seq has the wrong type")
-    return Envelope(ident, sender, issued_at, kind, typed, min_seq, body, sig_bytes)
+    deadline = body.get("deadline")
+    if deadline is not None and not (isinstance(deadline, int) and not isinstance(deadline, bool)
+                                     and deadline >= issued_at):
+        raise errors.Malformed("envelope deadline must be a time in ms no earlier than issued_at")
+    return Envelope(ident, sender, issued_at, kind, typed, min_seq, body, sig_bytes, deadline)
+
+
+def expired(envelope: Envelope, now_ms: int) -> bool:
+    """Whether ``envelope`` waited past its sender's deadline, by the clock of ``now_ms`` (with the grace
+    for clocks that disagree). An envelope without a deadline (an old client's) never expires."""
+    return envelope.deadline is not None and now_ms > envelope.deadline + DEADLINE_GRACE_MS
 
 
 def _check_type_and_version(payload: dict[str, Any], adapter: Any) -> None:

@@ -186,6 +186,7 @@ UnknownQuery = _code("unknown_query", "No such read query.")
 TooManyAttempts = _code("too_many_attempts", "Too many requests of this kind for this account; wait and retry.")
 IdInUse = _code("id_in_use", "The command id was already used by another command; send it under a new id.")
 Busy = _code("busy", "The ledger is busy with other requests; retry a little later.")
+Expired = _code("expired", "The request waited past the deadline its sender set; it was not carried out.")
 NotCertified = _code("not_certified", "The replica's key is not in the operator's current roster.")
 
 

@@ -13,6 +13,8 @@ Each message of a batch, in order, gets one :class:`Verdict`:
     DUPLICATE   its id was applied already: answered from the log, or refused with ``id_in_use``
                 when another command took that id
     REMEMBERED  the same command (id and digest) was refused before: the same answer again
+    EXPIRED     it waited past its sender's deadline (``broker.envelope.expired``, on the batch's
+                clock) and its id was never applied: answered ``expired``, never decided, never applied
     REFUSED     ``decide`` refused it: answered, and remembered so a retry gets the same answer
     FAILED      ``decide`` raised something unexpected (a bug): answered ``internal``, not applied
     DECIDED     decided: answered, and its entry (if it causes events) joins the batch's write
@@ -20,9 +22,22 @@ Each message of a batch, in order, gets one :class:`Verdict`:
 Any of REJECTED, REFUSED and FAILED may also go to the dead-letter queue (``Verdict.dead_letter``
 says why): what no ledger could ever apply, and what broke the ledger. Business refusals
 (insufficient funds, unknown user, ...) are answers, not dead letters.
+
+Copies cost almost nothing. The exact bytes of every command that authenticated are remembered
+(their SHA-256, up to :data:`COPIES_MEMORY` of them, with the command's id and digest): a copy of
+those bytes (a client's resend, a redelivery after a failover) is answered from the log or the
+refusals memory without being parsed or its signature checked again, which is safe because the
+same bytes verified before. Anything else takes the full path.
+
+Expiry is decided on the batch's one clock (``Context.now_ms``), which is also the time the batch's
+entries carry: a command is either decided before its deadline and applied whole, or answered
+``expired`` and never applied. An expired command whose id was never applied is answered before
+its signature is checked (the answer says only what its own bytes say, and that the id is not in
+the log); one whose id was applied gets the log's answer, as any copy does.
 """
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -34,29 +49,39 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from broker import errors
 from broker.commands import OPERATOR
-from broker.envelope import Envelope, open_envelope
+from broker.envelope import Envelope, expired, open_envelope
 from broker.replies import Reply
 from ledger.handlers import Context, Decision, authenticate, decide, expire_holds
 from ledger.log import LogEntry, Outcome, command_digest, fold_entry
 from ledger.model import State
+from ledger.ratelimit import RateLimiter
 from ledger.store import Row
 
 __all__ = [
     "TICK", "SKIPPED", "REJECTED", "DUPLICATE", "REMEMBERED", "REFUSED", "FAILED", "DECIDED", "UNHANDLEABLE",
     "Incoming", "Writer", "Verdict", "Plan", "Refusals", "decide_batch", "make_entry", "dead_letter_reason",
-    "turn_of", "STRANGER", "REJECTED_MEMORY",
+    "turn_of", "STRANGER", "REJECTED_MEMORY", "EXPIRED", "COPIES_MEMORY", "shed_reply", "busy_budget",
+    "BUSY_ANSWERS_PER_S", "BUSY_ANSWERS_BURST",
 ]
 
 TICK, SKIPPED, REJECTED, DUPLICATE = "tick", "skipped", "rejected", "duplicate"
 REMEMBERED, REFUSED, FAILED, DECIDED = "remembered", "refused", "failed", "decided"
+EXPIRED = "expired"
 
 # Refusals are not in the log; remember recent ones so a retry gets the same answer.
 REJECTED_MEMORY = 50_000
+# Exact bytes of recent authenticated commands (about 200 bytes each: 4 MB at most). A copy arriving
+# later than this many commands after its original takes the full path, which answers it as rightly.
+COPIES_MEMORY = 20_000
+# `busy` answers per turn (see busy_budget): a burst the size of a turn's share, then 100 a second.
+BUSY_ANSWERS_PER_S = 100
+BUSY_ANSWERS_BURST = 256
 # Messages no ledger could ever apply go to the dead-letter queue with the reason.
 UNHANDLEABLE = (errors.Malformed, errors.UnknownType, errors.UnsupportedVersion, errors.BadSignature)
 STRANGER = "stranger"  # the one turn shared by commands that name no registered sender
 
 RefusalKey = tuple[str, str | None]  # (command id, command digest)
+CopyKey = str  # SHA-256 of a command's bytes exactly as they arrived
 Folded = tuple[State, tuple[Outcome, State, list[Row]]]  # (state folded onto, fold_entry's result)
 
 
@@ -107,6 +132,7 @@ class Plan:
     folds: dict[str, Folded]  # entry id -> the tentative fold, so the follower need not fold it again
     state: State  # the state once all the entries are applied
     refusals: tuple[tuple[RefusalKey, Reply], ...]  # new refusals to remember
+    copies: tuple[tuple[CopyKey, RefusalKey], ...] = ()  # bytes that authenticated, for copies to come
 
     @property
     def answered(self) -> int:
@@ -115,11 +141,14 @@ class Plan:
 
 
 class Refusals:
-    """The memory of refused answers, oldest forgotten first; read by the rules, written by their caller."""
+    """The memory of refused answers (and of the bytes of commands that authenticated, so copies are
+    answered cheaply), oldest forgotten first; read by the rules, written by their caller."""
 
-    def __init__(self, limit: int = REJECTED_MEMORY) -> None:
+    def __init__(self, limit: int = REJECTED_MEMORY, copies_limit: int = COPIES_MEMORY) -> None:
         self.limit = limit
+        self.copies_limit = copies_limit
         self._replies: OrderedDict[RefusalKey, Reply] = OrderedDict()
+        self._copies: OrderedDict[CopyKey, RefusalKey] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._replies)
@@ -128,12 +157,21 @@ class Refusals:
         """The refusal remembered for this command id and digest, if any."""
         return self._replies.get(key)
 
-    def remember(self, items: Iterable[tuple[RefusalKey, Reply]]) -> None:
-        """Keep these refusals, forgetting the oldest beyond ``limit``."""
+    def copy_of(self, key: CopyKey) -> RefusalKey | None:
+        """The id and digest of the command whose exact bytes hash to ``key``, if they authenticated lately."""
+        return self._copies.get(key)
+
+    def remember(self, items: Iterable[tuple[RefusalKey, Reply]],
+                 copies: Iterable[tuple[CopyKey, RefusalKey]] = ()) -> None:
+        """Keep these refusals (and authenticated bytes), forgetting the oldest beyond the limits."""
         for key, reply in items:
             self._replies[key] = reply
         while len(self._replies) > self.limit:
             self._replies.popitem(last=False)
+        for raw, command in copies:
+            self._copies[raw] = command
+        while len(self._copies) > self.copies_limit:
+            self._copies.popitem(last=False)
 
 
 def dead_letter_reason(exc: BaseException) -> str | None:
@@ -175,6 +213,21 @@ def turn_of(body: bytes, state: State) -> str:
     return f"user:{sender}"
 
 
+def busy_budget() -> RateLimiter:
+    """How many ``busy`` answers each turn may get (each costs the primary a signature): enough for every
+    honest client over its share to hear it at once, few enough that a flood under one name costs little
+    more than the acks. Past it, commands over their share are dropped unanswered, as before."""
+    return RateLimiter(rate_per_s=BUSY_ANSWERS_PER_S, burst=BUSY_ANSWERS_BURST, max_keys=100_000)
+
+
+def shed_reply(correlation_id: str | None, replica_id: str) -> Reply:
+    """The answer to a command dropped unread because its sender has its share waiting: ``busy``, so the
+    client backs off and sends the same bytes again later (nothing of it was decided)."""
+    busy = errors.Busy("too many of this sender's commands are waiting; the command was not taken in: "
+                       "send it again after a pause")
+    return Reply.failure(correlation_id or "unknown", busy, replica_id)
+
+
 @dataclass
 class _Batch:
     """The batch being decided: the tentative state moves on with every entry."""
@@ -186,6 +239,7 @@ class _Batch:
     entries: list[LogEntry] = field(default_factory=list)
     folds: dict[str, Folded] = field(default_factory=dict)
     refused: dict[RefusalKey, Reply] = field(default_factory=dict)  # this batch's own, before the caller keeps them
+    copies: dict[CopyKey, RefusalKey] = field(default_factory=dict)  # likewise
     ticked: bool = False
     applied: Callable[[str], dict[str, Any] | None] | None = None  # ids past the state's window (the store)
 
@@ -199,6 +253,17 @@ class _Batch:
     def remembered(self, key: RefusalKey) -> Reply | None:
         return self.refused.get(key) or self.refusals.get(key)
 
+    def copy_of(self, key: CopyKey) -> RefusalKey | None:
+        return self.copies.get(key) or self.refusals.copy_of(key)
+
+    def done(self, ident: str) -> dict[str, Any] | None:
+        """The log's record of command ``ident`` (its seq, answer and digest), or None when never applied."""
+        done = self.state.commands.get(ident)
+        if done is None and self.applied is not None:
+            # The state remembers ids for a window only (ledger.model.COMMAND_WINDOW); older ones are in the store.
+            done = self.applied(ident)
+        return done  # type: ignore[no-any-return]
+
 
 def decide_batch(state: State, messages: Sequence[Incoming], ctx: Context, writer: Writer,
                  refusals: Refusals, applied: Callable[[str], dict[str, Any] | None] | None = None) -> Plan:
@@ -209,7 +274,7 @@ def decide_batch(state: State, messages: Sequence[Incoming], ctx: Context, write
     batch = _Batch(writer, ctx, refusals, state, applied=applied)
     verdicts = tuple(_tick(batch) if m.tick else _command(batch, m) for m in messages)
     return Plan(verdicts=verdicts, entries=tuple(batch.entries), folds=batch.folds, state=batch.state,
-                refusals=tuple(batch.refused.items()))
+                refusals=tuple(batch.refused.items()), copies=tuple(batch.copies.items()))
 
 
 def _tick(batch: _Batch) -> Verdict:
@@ -227,11 +292,19 @@ def _tick(batch: _Batch) -> Verdict:
 def _command(batch: _Batch, message: Incoming) -> Verdict:
     me = batch.writer.replica_id
     ident = message.correlation_id or "unknown"
+    raw = hashlib.sha256(message.body).hexdigest()
+    known = batch.copy_of(raw)
+    if known is not None:
+        copy = _answer_copy(batch, known)
+        if copy is not None:
+            return copy
     try:
         env = open_envelope(message.body)
         if env.kind != "command":
             raise errors.Malformed("a query was sent to the command queue")
         ident = env.id
+        if expired(env, batch.ctx.now_ms) and batch.done(env.id) is None:
+            return _expired(env, batch.ctx.now_ms, me)
         # Authenticate before answering from either memory: a stranger reusing an id learns nothing
         # and cannot plant a refusal for the owner of that id.
         authenticate(batch.state, env, batch.ctx)
@@ -242,10 +315,8 @@ def _command(batch: _Batch, message: Incoming) -> Verdict:
                                                                        f"{type(exc).__name__}"), me),
                        dead_letter=f"unparseable: {exc!r}", error=exc)
     mine = command_digest(env.wire())
-    done = batch.state.commands.get(env.id)
-    if done is None and batch.applied is not None:
-        # The state remembers ids for a window only (ledger.model.COMMAND_WINDOW); older ones are in the store.
-        done = batch.applied(env.id)
+    batch.copies[raw] = (env.id, mine)
+    done = batch.done(env.id)
     if done is not None:
         if done.get("digest", mine) != mine:
             # Another command took this id first: its answer is not this one's to have.
@@ -255,6 +326,8 @@ def _command(batch: _Batch, message: Incoming) -> Verdict:
     remembered = batch.remembered((env.id, mine))
     if remembered is not None:
         return Verdict(REMEMBERED, remembered)
+    if expired(env, batch.ctx.now_ms):  # checked again: it might have been a copy of an id applied meanwhile
+        return _expired(env, batch.ctx.now_ms, me)
     try:
         decision = decide(batch.state, env, batch.ctx, authenticated=True)
     except errors.CommandRejected as exc:
@@ -272,3 +345,22 @@ def _command(batch: _Batch, message: Incoming) -> Verdict:
     batch.append(entry)
     return Verdict(DECIDED, Reply(id=env.id, ok=True, result=decision.result, served_by=me), entry=entry,
                    events=tuple(decision.events), decision=decision)
+
+
+def _answer_copy(batch: _Batch, known: RefusalKey) -> Verdict | None:
+    """A copy of bytes that authenticated before: the log's answer or the remembered refusal, if either has
+    it; None sends the copy down the full path (its original was not answered yet, or is forgotten)."""
+    ident, mine = known
+    done = batch.done(ident)
+    if done is not None and done.get("digest", mine) == mine:
+        return Verdict(DUPLICATE, Reply(id=ident, ok=True, seq=done["seq"], result=done["result"],
+                                        served_by=batch.writer.replica_id))
+    remembered = batch.remembered(known)
+    return Verdict(REMEMBERED, remembered) if remembered is not None else None
+
+
+def _expired(env: Envelope, now_ms: int, me: str) -> Verdict:
+    late = (now_ms - (env.deadline or now_ms)) / 1000
+    exc = errors.Expired(f"{env.payload.type} {env.id} reached the ledger {late:.1f} s after its sender's deadline "
+                         f"and was not applied (if this machine's clock is behind the ledger's, set it right)")
+    return Verdict(EXPIRED, Reply.failure(env.id, exc, me), error=exc)

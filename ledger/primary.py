@@ -34,7 +34,7 @@ from ledger.events import EpochStarted
 from ledger.fairness import FairInbox
 from ledger.follower import Follower
 from ledger.handlers import Context
-from ledger.intake import Incoming, Refusals, Writer, decide_batch, make_entry, turn_of
+from ledger.intake import Incoming, Refusals, Writer, busy_budget, decide_batch, make_entry, shed_reply, turn_of
 from ledger.log import ACCEPTED, LogBatch, LogEntry, Outcome
 
 __all__ = ["CommandProcessor", "Deposed", "TICK", "log_messages", "LOG_MESSAGE_MAX"]
@@ -97,6 +97,7 @@ class CommandProcessor:
         self._large_held = 0  # commands over _LARGE held (arrived or waiting their turn)
         self.on_role_change: Callable[[bool], None] | None = None
         self.refusals = Refusals()
+        self.busy_answers = busy_budget()  # per turn: shed commands told `busy`, within this budget
         self._link: Link | None = None
 
     @property
@@ -226,7 +227,7 @@ class CommandProcessor:
         messages = [Incoming(d.body, d.correlation_id, tick=d.type == TICK) for d in batch]
         plan = decide_batch(self.follower.state, messages, self.context(), self._writer(self.epoch), self.refusals,
                             self.follower.applied_command)
-        self.refusals.remember(plan.refusals)
+        self.refusals.remember(plan.refusals, plan.copies)
         for delivery, verdict in zip(batch, plan.verdicts, strict=True):
             if verdict.error is not None and not isinstance(verdict.error, errors.CommandRejected):
                 log.error("command %s failed unexpectedly", delivery.correlation_id, exc_info=verdict.error)
@@ -265,12 +266,15 @@ class CommandProcessor:
         """File what arrived by whose turn it waits for; what is over its sender's share is dropped unread."""
         state = self.follower.state
         for delivery in arrived:
-            if not inbox.add(TICK if delivery.type == TICK else turn_of(delivery.body, state), delivery):
-                # Over its share: dropped at the cost of an ack. A client that keeps its commands in flight
-                # under its share never meets this; one that resends gets its answer later.
+            turn = TICK if delivery.type == TICK else turn_of(delivery.body, state)
+            if not inbox.add(turn, delivery):
+                # Over its share: dropped at the cost of an ack, and told `busy` (within a budget per turn)
+                # so its client backs off and sends it again, instead of waiting for an answer never coming.
                 self.shed += 1
                 self._large_held -= len(delivery.body) > _LARGE
                 link.ack(delivery.tag)
+                if turn != TICK and self.busy_answers.allow(turn, time.monotonic()):
+                    self._reply(link, delivery, shed_reply(delivery.correlation_id, self.replica_id))
         arrived.clear()
 
     def _dead_letter(self, link: Link, delivery: Delivery, reason: str) -> None:
