@@ -62,8 +62,8 @@ class StubBroker:
         self._fanout: dict[str, list[str]] = {}
         self.published: dict[str, list[Delivery]] = {}  # exchange -> everything published to it, for tests
 
-    def open(self, name: str, *, heartbeat: int = 10) -> StubLink:
-        """A new link (``heartbeat`` is accepted and ignored: nothing here times out)."""
+    def open(self, name: str, *, heartbeat: int = 10, background: bool = False) -> StubLink:
+        """A new link (``heartbeat`` and ``background`` are accepted and ignored: nothing here times out)."""
         return StubLink(self, name)
 
     # -- what tests look at ------------------------------------------------------------------------

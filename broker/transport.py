@@ -1,6 +1,8 @@
 """The broker seam: what a ledger replica needs from RabbitMQ, and nothing more.
 
-    Transport.open(name, heartbeat) -> Link      one connection (pika's BlockingConnection, or a stub)
+    Transport.open(name, heartbeat, background) -> Link
+                                                one connection (pika's BlockingConnection, or a stub); with
+                                                background, its I/O and heartbeats run on a thread of its own
     Link.declare(names)                         the topology of :mod:`broker.topology`
     Link.consume(queue, on_message, prefetch)   deliveries, with manual acks; a stream from an offset
     Link.process(time_limit)                    dispatch deliveries and keep heartbeats going
@@ -87,5 +89,10 @@ class Link(Protocol):
 class Transport(Protocol):
     """Where links come from: one broker (a URL), or a stub."""
 
-    def open(self, name: str, *, heartbeat: int = 10) -> Link:
-        """A new connection named ``name`` (as the broker's management shows it)."""
+    def open(self, name: str, *, heartbeat: int = 10, background: bool = False) -> Link:
+        """A new connection named ``name`` (as the broker's management shows it).
+
+        ``heartbeat`` is the AMQP heartbeat timeout in seconds: the broker drops a connection it heard
+        nothing from for two to three times that. With ``background`` the connection's I/O runs on a
+        thread of its own, so the heartbeats go on while the link's user is busy for longer than that
+        (only a hung or cut-off process loses its connection); the link is still used by one thread."""

@@ -144,7 +144,12 @@ class CommandProcessor:
 
     # -- the loop ----------------------------------------------------------------------------------
     def _serve(self, stop: threading.Event) -> None:
-        link = self.transport.open(f"acb-commands-{self.replica_id}", heartbeat=self.heartbeat)
+        # The heartbeat is this connection's failure detector: RabbitMQ hands the commands queue to
+        # a backup only once it drops the holder's connection. A killed primary's socket closes at
+        # once; a hung or cut-off one is dropped after two to three heartbeat timeouts of silence
+        # (see ReplicaConfig.heartbeat). The background thread keeps the beats going while this
+        # thread decides and waits, so a busy primary is never mistaken for a dead one.
+        link = self.transport.open(f"acb-commands-{self.replica_id}", heartbeat=self.heartbeat, background=True)
         self._link = link
         try:
             link.declare(self.names)
