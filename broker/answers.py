@@ -17,7 +17,7 @@ from broker import errors
 __all__ = [
     "Answer", "BalanceAnswer", "FlowLine", "FlowsAnswer", "SaleAnswer", "SalesAnswer", "UserAnswer",
     "DocumentAnswer", "SearchHit", "SearchAnswer", "LedgerInfoAnswer", "LoginChallengeAnswer", "LoginAnswer",
-    "ANSWERS", "parse_answer",
+    "CommandStatusAnswer", "APPLIED", "UNKNOWN", "EXPIRED", "ANSWERS", "parse_answer",
 ]
 
 
@@ -161,10 +161,30 @@ class LoginAnswer(Answer):
     held: int
 
 
+APPLIED, UNKNOWN, EXPIRED = "applied", "unknown", "expired"
+
+
+class CommandStatusAnswer(Answer):
+    """What became of a command, as the answering replica's log says at ``seq``.
+
+    ``applied``: at ``applied_seq``, answered ``result`` (``digest`` is the SHA-256 of the applied command's
+    signed body: compare it with yours, another command may have taken the id). ``expired``: not applied,
+    and past its deadline by more than any primary still applies it: it never will be. ``unknown``: not
+    applied as of ``seq``; it may be still (ask again later), or was refused (refusals are not logged).
+    """
+
+    command_id: str
+    status: str
+    seq: int
+    applied_seq: int | None = None
+    result: dict[str, Any] | None = None
+    digest: str | None = None
+
+
 ANSWERS: dict[str, type[Answer]] = {
     "balance": BalanceAnswer, "flows": FlowsAnswer, "sale": SaleAnswer, "sales": SalesAnswer, "user": UserAnswer,
     "document": DocumentAnswer, "search": SearchAnswer, "ledger_info": LedgerInfoAnswer,
-    "login_challenge": LoginChallengeAnswer, "login": LoginAnswer,
+    "login_challenge": LoginChallengeAnswer, "login": LoginAnswer, "command_status": CommandStatusAnswer,
 }
 
 

@@ -1,10 +1,22 @@
 """Request/reply over RabbitMQ: a command or query out, its reply back.
 
 Replies come on direct reply-to (``amq.rabbitmq.reply-to``). Commands are
-published persistent with publisher confirms and ``mandatory``, so a command
-that no queue takes is an error, not a silent loss. A command is resent with
-the same id until a reply arrives or the deadline passes: the ledger applies
-an id once, so a retry after a failover costs a pause, never a double charge.
+published persistent with publisher confirms and ``mandatory`` to a durable
+quorum queue, so once the broker confirms a command it is not lost: if the
+primary dies holding it, RabbitMQ hands it to the next, which answers it (from
+the log, when it was applied). A request is therefore sent again only when
+sending again can help, and never in step with every other client:
+
+- the broker turned it away (a nack: the queue is full) or the ledger answered
+  ``busy``: after a pause drawn from :class:`Backoff` (exponential, full jitter,
+  capped). When the pause would outlast the caller's patience, the caller gets
+  the ``busy`` (``errors.Busy``) instead of a timeout;
+- the connection broke (the reply address goes with it): at once, on a new one;
+- nothing came for a long while: after :data:`RESEND` (5 s, then 10 s, 20 s, each
+  drawn between half and all of it), in case a copy was dropped on the way.
+
+Resending costs the ledger little: the same bytes under the same id are answered
+from the log, never applied twice.
 
 Nothing that arrives is believed on its word: a reply counts only when a
 replica the operator certified signed it, for exactly the request sent
@@ -44,12 +56,41 @@ from broker.settings import load_environment
 from broker.topology import Names, declare
 from broker.trust import Trust, digest
 
-__all__ = ["BrokerClient", "DeadLetter", "DeadLetterPeek", "Pipelined", "PipelineRun", "connect", "listen",
-           "peek_dead_letters", "pipeline", "tls_context"]
+__all__ = ["Backoff", "BUSY_BACKOFF", "RESEND", "BrokerClient", "DeadLetter", "DeadLetterPeek", "Pipelined",
+           "PipelineRun", "connect", "listen", "peek_dead_letters", "pipeline", "tls_context"]
 
 log = logging.getLogger(__name__)
 _REPLY_TO = "amq.rabbitmq.reply-to"
 _NO_LEDGER_PATIENCE = 10.0  # seconds to wait for a replica to create the ledger's queues
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Pauses that grow exponentially, capped, with jitter so that clients do not come back in step.
+
+    Pause ``n`` (from 0) is drawn uniformly between ``floor`` and 1 times ``min(cap, base * 2**n)``:
+    ``floor=0`` is "full jitter" (clients turned away together spread over the whole window),
+    a higher floor keeps a minimum wait. ``rng`` returns a float in [0, 1): inject one to test.
+    """
+
+    base: float
+    cap: float
+    floor: float = 0.0
+    rng: Callable[[], float] = random.random
+
+    def ceiling(self, attempt: int) -> float:
+        """The largest pause ``attempt`` may draw."""
+        return min(self.cap, self.base * 2.0 ** min(max(attempt, 0), 32))
+
+    def delay(self, attempt: int) -> float:
+        """The pause before attempt ``attempt + 1`` (seconds)."""
+        return self.ceiling(attempt) * (self.floor + (1.0 - self.floor) * self.rng())
+
+
+# After `busy` or a full queue: 0-0.25 s, 0-0.5 s, ... up to 0-5 s.
+BUSY_BACKOFF = Backoff(base=0.25, cap=5.0)
+# After a confirmed send with no answer: 2.5-5 s, 5-10 s, then 10-20 s (a copy lost on the way is rare).
+RESEND = Backoff(base=5.0, cap=20.0, floor=0.5)
 
 
 def tls_context(url: str) -> ssl.SSLContext:
@@ -117,8 +158,10 @@ class BrokerClient:
     """
 
     def __init__(self, url: str, names: Names | None = None, *, declare_topology: bool = False,
-                 trust: Trust | None = None) -> None:
+                 trust: Trust | None = None, backoff: Backoff = BUSY_BACKOFF, resend: Backoff = RESEND) -> None:
         self.url = url
+        self.backoff = backoff
+        self.resend = resend
         self.names = names or Names()
         self._declare = declare_topology
         self._trust = trust
@@ -127,6 +170,8 @@ class BrokerClient:
         self._replies: dict[str, list[bytes]] = {}
         self._waiting: set[str] = set()
         self.forged_replies = 0  # replies dropped: unsigned, forged, for another request, uncertified signer
+        self.sends = 0  # requests published, first copies and resends (what this client cost the broker)
+        self.busy_pauses = 0  # pauses taken after a `busy` answer or a broker nack
         self._refreshed_at = float("-inf")
 
     @property
@@ -176,13 +221,16 @@ class BrokerClient:
         envelope: Envelope,
         *,
         timeout: float = 30.0,
-        attempt_timeout: float = 2.0,
+        attempt_timeout: float | None = None,
         on_wait: Callable[[float], None] | None = None,
     ) -> Reply:
-        """Send an envelope and return its reply, resending the same bytes until one comes.
+        """Send an envelope and return its reply, sending the same bytes again when that can help
+        (see the module docstring); ``attempt_timeout`` fixes the wait before a resend instead.
 
         ``on_wait(elapsed)`` is called while no reply has come, so a CLI can show a wait.
-        Raises ReplyTimeout when ``timeout`` passes without an answer.
+        Raises ReplyTimeout when ``timeout`` passes without an answer, and Busy when the broker
+        still turns the request away (its queue full) as the time runs out. A ``busy`` answer
+        that comes as the time runs out is returned like any other.
         """
         is_command = envelope.kind == "command"
         exchange = self.names.commands if is_command else self.names.reads
@@ -202,10 +250,13 @@ class BrokerClient:
 
     def _request(self, envelope: Envelope, body: bytes, request: str, exchange: str, routing_key: str,
                  is_command: bool, trust: Trust, start: float, deadline: float, timeout: float,
-                 attempt_timeout: float, on_wait: Callable[[float], None] | None) -> Reply:
+                 attempt_timeout: float | None, on_wait: Callable[[float], None] | None) -> Reply:
+        resends = 0  # confirmed sends that went unanswered
+        refused = 0  # `busy` answers and nacks since the last send the ledger took
         while True:
             try:
                 ch = self._ensure()
+                self.sends += 1
                 ch.basic_publish(
                     exchange, routing_key, body,
                     pika.BasicProperties(
@@ -214,12 +265,24 @@ class BrokerClient:
                     ),
                     mandatory=True,
                 )
-                reply = self._await(envelope.id, request, trust, min(deadline, time.monotonic() + attempt_timeout))
-                if reply is not None:
+                wait = attempt_timeout if attempt_timeout is not None else self.resend.delay(resends)
+                reply = self._await(envelope.id, request, trust, min(deadline, time.monotonic() + wait))
+                if reply is None:
+                    resends += 1
+                elif not _is_busy(reply):
                     return reply
-            except pika.exceptions.NackError:
-                # The broker refused the message for now (the reads queue is full): back off, then resend.
-                time.sleep(0.1 + random.random() * 0.4)
+                elif not self._pause_after_refusal(refused, deadline, start, on_wait):
+                    return reply
+                else:
+                    refused += 1
+                    continue
+            except pika.exceptions.NackError as exc:
+                # The broker turned the message away (its queue is full): as `busy`, back off, then resend.
+                if not self._pause_after_refusal(refused, deadline, start, on_wait):
+                    raise errors.Busy(f"the broker turned {envelope.payload.type} {envelope.id} away: the "
+                                      f"ledger's queue is full; try again later") from exc
+                refused += 1
+                continue
             except (pika.exceptions.UnroutableError, pika.exceptions.ChannelClosedByBroker) as exc:
                 # No replica has declared the ledger's queues yet (peers may not declare them): one may be
                 # starting, so wait a while, then say so plainly.
@@ -243,6 +306,30 @@ class BrokerClient:
                 raise errors.ReplyTimeout(f"no reply to {envelope.payload.type} {envelope.id} within {timeout:.0f} s")
             if on_wait is not None:
                 on_wait(now - start)
+
+    def _pause_after_refusal(self, refused: int, deadline: float, start: float,
+                             on_wait: Callable[[float], None] | None) -> bool:
+        """Back off after the ``refused``-th refusal in a row; False (no pause) when it would outlast ``deadline``."""
+        pause = self.backoff.delay(refused)
+        if time.monotonic() + pause >= deadline:
+            return False
+        self.busy_pauses += 1
+        if on_wait is not None:
+            on_wait(time.monotonic() - start)
+        self._idle(pause)
+        return True
+
+    def _idle(self, seconds: float) -> None:
+        """Pause, keeping the connection's heartbeats going (late replies are kept for the next look)."""
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0:
+            if self._conn is not None and self._conn.is_open:
+                try:
+                    self._conn.process_data_events(time_limit=min(left, 0.25))
+                    continue
+                except pika.exceptions.AMQPError:
+                    self.close()
+            time.sleep(left)
 
     def _await(self, ident: str, request: str, trust: Trust, until: float) -> Reply | None:
         assert self._conn is not None
@@ -320,6 +407,10 @@ class BrokerClient:
             return False
         key = trust.replica_key(reply.signer)
         return key is not None and reply.request == request and _verifies(key, reply)
+
+
+def _is_busy(reply: Reply) -> bool:
+    return not reply.ok and isinstance(reply.error, dict) and reply.error.get("code") == errors.Busy.code
 
 
 def _verifies(key: bytes, reply: Reply) -> bool:

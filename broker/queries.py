@@ -24,7 +24,8 @@ from broker.commands import IDENT_MAX, LOGIN_MAX, MONEY_MAX, SIGNATURE_HEX_MAX, 
 
 __all__ = [
     "Query", "QUERY_ADAPTER", "Balance", "Flows", "SaleStatus", "UserInfo", "DocumentInfo",
-    "Search", "LedgerInfo", "LoginChallenge", "Login", "Sales", "PUBLIC_QUERIES", "SEARCH_TEXT_MAX", "CHALLENGE_MAX",
+    "Search", "LedgerInfo", "LoginChallenge", "Login", "Sales", "CommandStatus", "PUBLIC_QUERIES", "SEARCH_TEXT_MAX",
+    "CHALLENGE_MAX",
 ]
 
 SEARCH_TEXT_MAX = 200
@@ -106,8 +107,23 @@ class Login(_Query):
     signature: Annotated[str, Field(max_length=SIGNATURE_HEX_MAX)]
 
 
+class CommandStatus(_Query):
+    """What became of a command, by its id: for a client that stopped waiting for the answer.
+
+    ``deadline_ms`` is the deadline the command carried (``broker.envelope``), if any: with it, a replica
+    can say the command expired (will never be applied) rather than only that it is not applied yet.
+    Signed by a registered user or the operator; the id itself (128 random bits) is what entitles one
+    to the answer, as only its sender knows it.
+    """
+
+    type: Literal["command_status"] = "command_status"
+    command_id: Id
+    deadline_ms: int | None = None
+
+
 Query = Annotated[
-    Union[Balance, Flows, SaleStatus, Sales, UserInfo, DocumentInfo, Search, LedgerInfo, LoginChallenge, Login],
+    Union[Balance, Flows, SaleStatus, Sales, UserInfo, DocumentInfo, Search, LedgerInfo, LoginChallenge, Login,
+          CommandStatus],
     Field(discriminator="type"),
 ]
 QUERY_ADAPTER: TypeAdapter[Query] = TypeAdapter(Query)

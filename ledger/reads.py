@@ -4,6 +4,13 @@ Backups consume the shared reads queue at a higher priority than the primary,
 so RabbitMQ spreads reads over the backups and the primary answers only when
 no backup is there. A query may carry ``min_seq``: the answer waits until this
 replica has applied that far (read-your-writes) or says it lags.
+
+A query that waited past its sender's deadline (``broker.envelope.expired``) is answered
+``expired`` at once, unread: its sender stopped listening, and the answer costs a signature
+rather than a look-up. A parked query waits no longer than its deadline either.
+
+``command_status`` answers what became of a command from this replica's log (its state, and
+the store for ids older than the state's window): see :class:`broker.answers.CommandStatusAnswer`.
 """
 from __future__ import annotations
 
@@ -22,8 +29,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from broker import errors
 from broker import queries as q
-from broker.answers import parse_answer
-from broker.envelope import Envelope, open_envelope, verify
+from broker.answers import APPLIED, EXPIRED, UNKNOWN, parse_answer
+from broker.envelope import DEADLINE_GRACE_MS, Envelope, expired, open_envelope, verify
 from broker.rabbitmq import transport_for
 from broker.replies import Reply
 from broker.topology import BACKUP_PRIORITY, PRIMARY_PRIORITY, Names
@@ -36,7 +43,7 @@ from ledger.keys import SystemKeys
 from ledger.model import State
 from ledger.ratelimit import RateLimiter
 
-__all__ = ["answer", "ReadServer", "CHALLENGE_TTL_MS"]
+__all__ = ["answer", "command_status", "ReadServer", "CHALLENGE_TTL_MS", "STATUS_MARGIN_MS"]
 
 log = logging.getLogger(__name__)
 CHALLENGE_TTL_MS = 120_000
@@ -47,6 +54,10 @@ _MAX_WAITING_PER_CHANNEL = 16  # parked queries per reply channel: one client ca
 # refused at once (no honest client is that far ahead of a replica that is following the log).
 MAX_AHEAD = 50_000
 _PRIVATE_OF = {"balance": "account", "flows": "account", "sales": "account"}
+# A replica calls a command `expired` (never to be applied) only once its own clock is this far past the
+# command's deadline and grace: room for a primary's clock behind this replica's, and for this replica
+# lagging behind the log (a command applied just in time may not have reached it yet).
+STATUS_MARGIN_MS = 10_000
 
 
 def _authorize(state: State, env: Envelope, keys: SystemKeys, account: str | None) -> None:
@@ -76,10 +87,12 @@ def newest_roster(state: State, trust: Trust | None) -> Any:
 
 def answer(state: State, env: Envelope, keys: SystemKeys, catalog: Catalog, now_ms: int,
            trust: Trust | None = None, fetches: RateLimiter | None = None,
-           flows: Callable[[str, int, int], list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+           flows: Callable[[str, int, int], list[dict[str, Any]]] | None = None,
+           commands: Callable[[str], dict[str, Any] | None] | None = None) -> dict[str, Any]:
     """The result of one query against one state. Raises CommandRejected.
 
-    ``flows(account, limit, upto)`` reads cash-flow history, which the state does not keep (the store does).
+    ``flows(account, limit, upto)`` reads cash-flow history, which the state does not keep (the store does);
+    ``commands(id)`` finds an applied command older than the state's window of ids (the store, again).
     """
     query = env.payload
     kind = query.type
@@ -156,7 +169,22 @@ def answer(state: State, env: Envelope, keys: SystemKeys, catalog: Catalog, now_
         return out
     if isinstance(query, q.Login):
         return _login(state, query, keys, now_ms)
+    if isinstance(query, q.CommandStatus):
+        return command_status(state, query, now_ms, commands)
     raise errors.UnknownQuery(f"no query {kind}")
+
+
+def command_status(state: State, query: q.CommandStatus, now_ms: int,
+                   commands: Callable[[str], dict[str, Any] | None] | None = None) -> dict[str, Any]:
+    """What this replica's log says became of a command: applied (seq, answer, digest), expired, or unknown."""
+    done = state.commands.get(query.command_id)
+    if done is None and commands is not None:
+        done = commands(query.command_id)
+    if done is not None:
+        return {"command_id": query.command_id, "status": APPLIED, "seq": state.seq, "applied_seq": done["seq"],
+                "result": done.get("result"), "digest": done.get("digest")}
+    gone = query.deadline_ms is not None and now_ms > query.deadline_ms + DEADLINE_GRACE_MS + STATUS_MARGIN_MS
+    return {"command_id": query.command_id, "status": EXPIRED if gone else UNKNOWN, "seq": state.seq}
 
 
 def _login(state: State, query: q.Login, keys: SystemKeys, now_ms: int) -> dict[str, Any]:
@@ -252,6 +280,9 @@ class ReadServer:
             ident = env.id
             if env.kind != "query":
                 raise errors.Malformed("a command was sent to the reads queue")
+            if expired(env, int(time.time() * 1000)):
+                raise errors.Expired(f"{env.payload.type} query {env.id} reached replica {self.replica_id} after "
+                                     f"its sender's deadline (if this machine's clock is behind, set it right)")
             seq = self.follower.state.seq
             if env.min_seq > seq:
                 # Read-your-writes: park the query instead of blocking the others behind it, within bounds.
@@ -262,7 +293,7 @@ class ReadServer:
                 if len(self._waiting) >= _MAX_WAITING or self._parked.get(channel, 0) >= _MAX_WAITING_PER_CHANNEL:
                     raise errors.Busy(f"replica {self.replica_id} has too many queries waiting; try again")
                 self._parked[channel] = self._parked.get(channel, 0) + 1
-                self._waiting.append((time.monotonic() + _WAIT_SECONDS, delivery, env))
+                self._waiting.append((time.monotonic() + _park_for(env), delivery, env))
                 return
             reply = self._answer(env)
         except errors.CommandRejected as exc:
@@ -276,7 +307,7 @@ class ReadServer:
     def _answer(self, env: Envelope) -> Reply:
         state = self.follower.state
         result = answer(state, env, self.keys, self.catalog, int(time.time() * 1000), self.trust,
-                        self.keystore_fetches, self.follower.flows)
+                        self.keystore_fetches, self.follower.flows, self.follower.applied_command)
         # Built as the query's answer model: this replica cannot send a shape clients do not know.
         typed = parse_answer(env.payload.type, result)
         return Reply(id=env.id, ok=True, seq=state.seq, result=typed.to_result(), served_by=self.replica_id)
@@ -314,3 +345,11 @@ class ReadServer:
             reply = reply.signed_by(self.key, self.replica_id, digest(delivery.body),
                                     roster.serial if roster else None)
             link.publish("", delivery.reply_to, reply.to_bytes(), correlation_id=delivery.correlation_id)
+
+
+def _park_for(env: Envelope) -> float:
+    """Seconds a query may wait for its min_seq: a few, and never past its sender's deadline."""
+    if env.deadline is None:
+        return _WAIT_SECONDS
+    left = (env.deadline + DEADLINE_GRACE_MS) / 1000 - time.time()
+    return max(0.0, min(_WAIT_SECONDS, left))

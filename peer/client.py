@@ -4,6 +4,11 @@ Commands go out signed through :class:`broker.client.BrokerClient`; reads go
 to the backups. After a command the client remembers the sequence it got
 back and passes it with its next reads, so it always sees its own writes.
 
+Every command and query carries its deadline (now plus the client's timeout), signed: the ledger
+answers ``expired`` to, and never applies, what reached it too late for anyone to be listening.
+A caller that stopped waiting (``ReplyTimeout``) asks :meth:`Client.command_status` what became
+of the command; :attr:`Client.unanswered` keeps the id and deadline of the last one.
+
 A purchase is opened at the price the person agreed to (:class:`Offer`), never at
 one read again just before: when the provider changed it meanwhile, the ledger
 refuses with ``price_changed`` and nothing is held; the caller shows the new
@@ -28,7 +33,7 @@ from pydantic import BaseModel
 from broker import commands as c
 from broker import errors
 from broker import queries as q
-from broker.answers import Answer, parse_answer
+from broker.answers import Answer, CommandStatusAnswer, parse_answer
 from broker.client import BrokerClient
 from broker.codec import b64d, b64e
 from broker.content import (
@@ -38,7 +43,7 @@ from broker.content import (
     interval_count,
     segment_count_for,
 )
-from broker.envelope import seal
+from broker.envelope import now_ms, seal
 from broker.money import format_minor, interval_prices, parse_minor
 from broker.replies import Reply
 from broker.sealing import SealError, open_sealed, release_info
@@ -120,6 +125,7 @@ class Client:
         self.identity = identity
         self.on_wait = on_wait
         self.last_seq = 0
+        self.unanswered: tuple[str, int | None] | None = None  # (id, deadline ms) of the last command not answered
 
     # -- plumbing ----------------------------------------------------------------------------------
     def _me(self) -> Identity:
@@ -133,8 +139,13 @@ class Client:
         if sender is None:
             me = self._me()
             sender, key = me.login, me.sign_key
-        env = seal(payload, sender=sender, key=key, id=command_id)
-        reply = self.broker.request(env, timeout=timeout or self.timeout, on_wait=self.on_wait).unwrap()
+        patience = timeout or self.timeout
+        env = seal(payload, sender=sender, key=key, id=command_id, deadline=now_ms() + int(patience * 1000))
+        try:
+            reply = self.broker.request(env, timeout=patience, on_wait=self.on_wait).unwrap()
+        except errors.ReplyTimeout:
+            self.unanswered = (env.id, env.deadline)
+            raise
         if reply.seq:
             self.last_seq = max(self.last_seq, reply.seq)
         return reply
@@ -150,10 +161,25 @@ class Client:
         if signed and sender is None:
             me = self._me()
             sender, key = me.login, me.sign_key
+        patience = timeout or self.timeout
         env = seal(payload, sender=sender or "anonymous", key=key if signed else None, kind="query",
-                   min_seq=self.last_seq)
-        reply = self.broker.request(env, timeout=timeout or self.timeout, on_wait=self.on_wait).unwrap()
+                   min_seq=self.last_seq, deadline=now_ms() + int(patience * 1000))
+        reply = self.broker.request(env, timeout=patience, on_wait=self.on_wait).unwrap()
         return parse_answer(str(getattr(payload, "type", "")), reply.result)
+
+    def command_status(self, command_id: str | None = None, deadline_ms: int | None = None) -> CommandStatusAnswer:
+        """What became of a command whose answer this client did not get (by default the last such one):
+        ``applied`` (with its seq and answer), ``expired`` (never applied, never will be) or ``unknown``.
+
+        Asked of a backup, from its log; pass the command's deadline (the default does) so it can say expired.
+        """
+        if command_id is None:
+            if self.unanswered is None:
+                raise PeerError("no command of this session went unanswered; name the command id")
+            command_id, deadline_ms = self.unanswered
+        answer = self.query(q.CommandStatus(command_id=command_id, deadline_ms=deadline_ms))
+        assert isinstance(answer, CommandStatusAnswer)
+        return answer
 
     # -- identity ----------------------------------------------------------------------------------
     def register(self, login: str, password: str) -> Identity:
