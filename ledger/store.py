@@ -18,7 +18,7 @@ import json
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +108,7 @@ class Row:
     entry: dict[str, Any] | None = None  # the signed log entry, on the last row it produced
     # The cash flows the event caused, each with its "account" and the FLOW_FIELDS: the store's projection,
     # not part of the event (nor of its hash); empty for rows read back from the store.
-    flows: tuple[dict[str, Any], ...] = ()
+    flows: tuple[dict[str, Any], ...] = field(default=(), compare=False)
 
 
 def _engine(url: str) -> sa.Engine:

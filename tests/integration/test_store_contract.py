@@ -56,9 +56,9 @@ def store(store_url: str) -> Iterator[Store]:
 class TestStoreContract:
     def test_migrations_create_the_schema(self, store: Store) -> None:
         tables = set(sa.inspect(store.engine).get_table_names())
-        assert {"events", "replica_meta", "snapshots", "alembic_version"} <= tables
+        assert {"events", "replica_meta", "snapshots", "flows", "alembic_version"} <= tables
         with store.engine.connect() as conn:
-            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0003"
         indexes = {ix["name"] for ix in sa.inspect(store.engine).get_indexes("events")}
         assert "ix_events_command_id" in indexes
 
@@ -137,6 +137,24 @@ class TestStoreContract:
         # The store is still usable, and the next good append lands.
         store.append(rows[5:], {"stream_offset": "6"})
         assert list(store.rows()) == rows
+
+    def test_flows_and_old_answers_are_kept_beside_the_events(self, store: Store) -> None:
+        _book, rows = make_rows(3)
+        store.append(rows[:-1])
+        clash = dataclasses.replace(rows[0], hash="f" * 64)
+        with pytest.raises(StoreError):
+            store.append([rows[-1], clash])  # its flows go with it
+        assert [f["amount"] for f in store.flows("bob", 10**9, 10)] == [1, 2]
+        store.append(rows[-1:])
+        last = rows[-1]
+        assert [(f["kind"], f["amount"], f["seq"]) for f in store.flows("bob", last.seq, 2)] == [
+            ("deposit", 2, last.seq - 1), ("deposit", 3, last.seq)]
+        assert [f["amount"] for f in store.flows("bob", last.seq - 1, 10)] == [1, 2]
+        assert store.flows("nobody", last.seq, 10) == []
+        assert last.command_id is not None
+        assert store.command_row(last.command_id) == last
+        assert store.command_row(last.command_id, upto=last.seq - 1) is None
+        assert store.command_row("no-such-command") is None
 
     def test_a_failing_read_is_a_store_error(self, store: Store) -> None:
         with store.engine.begin() as conn:
