@@ -47,7 +47,9 @@ def register(commands: Commands) -> None:
     rp.add_argument("--replica-id", dest="replica_id")
     rp.add_argument("--store", help="store URL (default $ACB_STORE_URL or a SQLite file under $ACB_HOME)")
     rp.add_argument("--hold-ttl", type=float, default=900.0, dest="hold_ttl", help="seconds an open sale may wait")
-    rp.add_argument("--snapshot-every", type=int, default=5000, dest="snapshot_every")
+    rp.add_argument("--snapshot-every", type=int, default=5000, dest="snapshot_every",
+                    help="events between this replica's snapshots (0: none); each replica is offset by a hash "
+                         "of its id, so they do not all snapshot at once")
 
     sp = commands.add("audit", lambda a, s: a.audit_fn(a, s), "replay a store's log and check it (for audits)",
                       rank=205)
