@@ -48,6 +48,14 @@ class ReplicaConfig:
     snapshot_every: int = 5000
     status_interval: float = 1.0
     tick_interval: float = 0.5
+    # The commands connection's AMQP heartbeat timeout, in whole seconds: the failure detector of a hung or
+    # cut-off primary. RabbitMQ checks every timeout for bytes received and drops the connection after two
+    # silent checks, so 2 to 3 timeouts after the primary stopped (measured: 2.0 to 3.0 s at 1), and only
+    # then hands the commands queue on. 1, the smallest the protocol allows, is the only value that keeps
+    # a hung primary's replacement near 3 s; 2 would mean 4 to 6 s. A slow primary is not at risk from so
+    # short a timeout: its heartbeats go out from the link's own thread (every half second), so it would
+    # have to get no CPU at all for two whole seconds to be dropped. A killed primary is not waited for:
+    # its socket closes at once and the queue moves within milliseconds.
     heartbeat: int = 1
 
 
