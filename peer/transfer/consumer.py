@@ -230,6 +230,7 @@ def _connect(host: str, port: int, control: TransferControl, timeout: float) -> 
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
         raise ConnectionLost(f"cannot reach provider at {host}:{port}: {exc}") from exc
+    protocol.send_at_once(sock)
     try:
         socks.add(sock)
     except TransferCancelled:

@@ -265,6 +265,7 @@ class ProviderServer:
     def _serve(self, conn: socket.socket, upload: _Upload, hello: protocol.Hello, deadline: float) -> None:
         # Every socket object of the session (plain, TLS, unwrapped) is closed here.
         socks: list[socket.socket] = [conn]
+        protocol.send_at_once(conn)
         try:
             upload.control.attach(conn)
             self._session(conn, upload, socks, hello, deadline)
