@@ -35,7 +35,7 @@ from peer.transfer.errors import (
 )
 from peer.transfer.gate import Arrival, HelloGate, Slots
 from peer.transfer.grant import SaleGrant
-from peer.transfer.source import SegmentSource
+from peer.transfer.source import BufferPool, SegmentSource
 from peer.transfer.tls import check_peer, close_quietly, server_context
 
 __all__ = ["MAX_RECORDS", "ProviderServer", "SaleGrant", "UploadStatus"]
@@ -145,6 +145,7 @@ class ProviderServer:
         self._acceptor: threading.Thread | None = None
         self._stopping = threading.Event()
         self._trees: dict[str, MerkleTree] = {}
+        self._buffers = BufferPool()
         self.port = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -435,7 +436,7 @@ class ProviderServer:
     # ------------------------------------------------------------------ bulk
     def _open_source(self, grant: SaleGrant) -> SegmentSource:
         """The frame producer for one upload (a subclass may substitute its own)."""
-        return SegmentSource(grant, self._key, self._tree(grant.commitment))
+        return SegmentSource(grant, self._key, self._tree(grant.commitment), self._buffers)
 
     def _stream_segments(self, sock: socket.socket, grant: SaleGrant, start: int, upload: _Upload,
                          seal: protocol.FrameSeal | None = None, until: int | None = None) -> None:
