@@ -56,7 +56,16 @@ from bench.load_bare import bare_loop
 from bench.load_check import CheckResult, check_stores, describe
 from bench.load_gen import GenSpec, Record, run_generator
 from bench.load_mix import DEPOSIT, SHOP_PRICE, Account, Population, document, shop_count
-from bench.load_report import Fault, RunFacts, failover_pause, format_table, percentile, plot, summary_json
+from bench.load_report import (
+    Fault,
+    RunFacts,
+    failover_pause,
+    format_table,
+    longest_stall,
+    percentile,
+    plot,
+    summary_json,
+)
 from broker import commands as c
 from broker.admin import AdminApi, amqp_base, read_admin_url, scratch_roles
 from broker.client import BrokerClient, pipeline
@@ -112,6 +121,7 @@ class _Watch:
     lag: dict[str, int] = field(default_factory=dict)
     rss_mb: dict[str, float] = field(default_factory=dict)
     epochs: set[int] = field(default_factory=set)
+    primaries: list[tuple[float, str, int]] = field(default_factory=list)  # (monotonic, replica, epoch) changes
     latest: list[dict[str, Any]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -138,6 +148,10 @@ def _monitor(replicas: Replicas, watch: _Watch) -> None:
         except AcbError:
             continue
         watch.latest = rows
+        primary = replicas.primary(rows)
+        if primary is not None and (not watch.primaries or watch.primaries[-1][1:] != (primary["replica"],
+                                                                                      primary["epoch"])):
+            watch.primaries.append((time.monotonic(), primary["replica"], int(primary["epoch"])))
         for r in rows:
             watch.lag[r["replica"]] = max(watch.lag.get(r["replica"], 0), int(r.get("lag", 0)))
             watch.epochs.add(int(r["epoch"]))
@@ -425,10 +439,17 @@ def _drive(roles: Any, home: Path, replicas: Replicas, links: dict[str, NetnsLin
     if kill is not None:
         facts.failover_pause_s = failover_pause(records, start + kill.at)
     facts.lag, facts.rss_mb = dict(sorted(watch.lag.items())), dict(sorted(watch.rss_mb.items()))
+    facts.stall_s = longest_stall(records, start, start + opts.duration)
     changes = len(watch.epochs) - 1
     kills = sum(f.label.startswith("kill") for f in facts.faults)
     if changes > kills:
         facts.notes.append(f"{changes - kills} change(s) of primary without a kill")
+    seen = [f.at for f in facts.faults]
+    for at, rid, epoch in watch.primaries[1:]:
+        # A takeover the kill thread reported is marked already; any other one is news.
+        if all(abs(at - start - s) > 3.0 for s in seen):
+            facts.faults.append(Fault(at - start, f"{rid} primary (epoch {epoch}), seen by status"))
+    facts.faults.sort(key=lambda f: f.at)
     say(f"load done: {len(records)} requests in {time.monotonic() - start:.0f} s; checking the stores")
     return records, facts
 

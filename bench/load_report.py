@@ -17,7 +17,8 @@ from typing import Any
 from bench.load_gen import Record
 from bench.load_mix import KINDS, READS
 
-__all__ = ["Fault", "Stats", "RunFacts", "failover_pause", "format_table", "percentile", "plot", "stats",
+__all__ = ["Fault", "Stats", "RunFacts", "failover_pause", "format_table", "longest_stall", "percentile", "plot",
+           "stats",
            "summary_json", "JSON_KEYS"]
 
 JSON_KEYS = ("users", "duration_s", "requests", "rps", "p50_ms", "p99_ms", "errors", "lost", "duplicated",
@@ -78,10 +79,21 @@ def stats(records: Sequence[Record]) -> dict[str, Stats]:
 def failover_pause(records: Sequence[Record], kill_at: float, window: float = 30.0) -> float:
     """The longest stretch around a kill (monotonic ``kill_at``) in which no write was answered ``ok``:
     from a second before it until ``window`` seconds after. Seconds."""
-    times = sorted(done for kind, _s, _t, done, code, _c in records
-                   if code == "ok" and kind not in READS and kill_at - 1.0 <= done <= kill_at + window)
-    edges = [kill_at - 1.0, *times]
-    return max((b - a for a, b in zip(edges, edges[1:], strict=False)), default=window)
+    return longest_stall(records, kill_at - 1.0, kill_at + window)
+
+
+def longest_stall(records: Sequence[Record], since: float, until: float) -> float:
+    """The longest stretch that begins between ``since`` and ``until`` with no write answered ``ok``; seconds.
+
+    A stretch still open at ``until`` ends at the next write answered after it (or at the last answer of
+    any kind, timeouts included: nothing was seen after that).
+    """
+    times = sorted(done for kind, _s, _t, done, code, _c in records if code == "ok" and kind not in READS)
+    inside = [t for t in times if since <= t <= until]
+    after = [t for t in times if t > until]
+    last = max((r[3] for r in records), default=since)  # nothing was observed after the last answer of any kind
+    edges = [since, *inside, after[0] if after else max(last, since)]
+    return max((b - a for a, b in zip(edges, edges[1:], strict=False)), default=0.0)
 
 
 @dataclass
@@ -100,6 +112,7 @@ class RunFacts:
     faults: list[Fault] = field(default_factory=list)
     snapshots: list[Fault] = field(default_factory=list)
     failover_pause_s: float | None = None
+    stall_s: float = 0.0  # the longest stretch of the whole run with no write answered
     takeover_s: float | None = None  # from the kill until the status showed a new primary
     lag: dict[str, int] = field(default_factory=dict)  # replica -> largest lag seen (events)
     rss_mb: dict[str, float] = field(default_factory=dict)  # replica -> largest RSS seen
@@ -124,6 +137,7 @@ def format_table(records: Sequence[Record], facts: RunFacts, checks: Sequence[st
     if facts.failover_pause_s is not None:
         took = f"; status showed the new primary after {facts.takeover_s * 1000:.0f} ms" if facts.takeover_s else ""
         lines.append(f"failover pause: {facts.failover_pause_s * 1000:.0f} ms without an answered write{took}")
+    lines.append(f"longest stretch without an answered write, whole run: {facts.stall_s * 1000:.0f} ms")
     if facts.lag:
         lines.append("replica lag (largest seen, events): " + ", ".join(f"{r} {n}" for r, n in facts.lag.items()))
     if facts.rss_mb:
@@ -157,6 +171,7 @@ def summary_json(records: Sequence[Record], facts: RunFacts, check: dict[str, An
     }
     out.update({k: v for k, v in check.items() if k not in out})
     out["by_type"] = {k: s.row(facts.duration) for k, s in rows.items() if k != "all"}
+    out["stall_max_ms"] = int(facts.stall_s * 1000)
     out["max_ms"] = round(max(total.latencies, default=0.0) * 1000, 1)
     out["generator_cpu_s"] = round(facts.generator_cpu_s, 1)
     out["generator_cpu_pct"] = round(facts.generator_cpu_s / facts.duration * 100, 1) if facts.duration else 0.0
@@ -178,7 +193,8 @@ def plot(records: Sequence[Record], facts: RunFacts, path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    seconds = max(1, math.ceil(facts.duration))
+    # The drain after the last arrival is shown too: answers that came late are part of the story.
+    seconds = max(1, math.ceil(facts.duration), math.ceil(max((r[3] for r in records), default=0.0) - facts.start))
     reads, writes = [0] * seconds, [0] * seconds
     lat: dict[int, list[float]] = defaultdict(list)
     for kind, scheduled, _sent, done, code, _cid in records:
