@@ -190,7 +190,7 @@ def plot(records: Sequence[Record], facts: RunFacts, path: Path) -> Path | None:
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # lazy: after choosing the backend that needs no display
     except ImportError:
         return None
     # The drain after the last arrival is shown too: answers that came late are part of the story.
