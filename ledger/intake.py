@@ -73,10 +73,10 @@ REJECTED_MEMORY = 50_000
 # Exact bytes of recent authenticated commands (about 200 bytes each: 4 MB at most). A copy arriving
 # later than this many commands after its original takes the full path, which answers it as rightly.
 COPIES_MEMORY = 20_000
-# `busy` answers per turn (see busy_budget): a burst of four shares, then 500 a second (a signature is
-# ~40 us: at most a fiftieth of a core per flooding name, against a flood's acks and parses).
-BUSY_ANSWERS_PER_S = 500
-BUSY_ANSWERS_BURST = 1024
+# `busy` answers per turn (see busy_budget): a burst of one share, then 100 a second. Each costs a signature
+# and a publish (~0.2 ms): more than this slows the intake's drain of a flood, and so everyone behind it.
+BUSY_ANSWERS_PER_S = 100
+BUSY_ANSWERS_BURST = 256
 # Messages no ledger could ever apply go to the dead-letter queue with the reason.
 UNHANDLEABLE = (errors.Malformed, errors.UnknownType, errors.UnsupportedVersion, errors.BadSignature)
 STRANGER = "stranger"  # the one turn shared by commands that name no registered sender
