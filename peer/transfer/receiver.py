@@ -39,6 +39,7 @@ from peer.transfer.journal import DownloadStore, slot_size
 __all__ = ["Receiver"]
 
 _BUFFERS = 8
+_BATCH = 4  # segments written with one system call at most
 
 # (segment index, raw entry + signature, aligned slot buffer, ciphertext length)
 _Item = tuple[int, bytearray, mmap.mmap, int]
@@ -223,21 +224,45 @@ class Receiver:
 
     # ------------------------------------------------------------------ write thread
     def _write_loop(self, inbox: queue.Queue[_Item | None], free: queue.Queue[mmap.mmap]) -> None:
-        while (item := inbox.get()) is not None:
-            index, raw, buf, clen = item
-            try:
-                # Commits claim a prefix, so only the next contiguous segment may be stored.
-                if index == self._written and not isinstance(self._failure, JournalError):
+        # Whatever verified segments are waiting are written together: when the disk
+        # falls behind, its requests grow, which is what lets it catch up.
+        done = False
+        while not done:
+            item = inbox.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < _BATCH:
+                try:
+                    more = inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    done = True
+                    break
+                batch.append(more)
+            self._write_batch(batch, free)
+
+    def _write_batch(self, batch: list[_Item], free: queue.Queue[mmap.mmap]) -> None:
+        first = batch[0][0]
+        views = [memoryview(buf) for _index, _raw, buf, _clen in batch]
+        try:
+            # Commits claim a prefix, so only the next contiguous segments may be stored.
+            if first == self._written and not isinstance(self._failure, JournalError):
+                segments = []
+                for (_index, raw, _buf, clen), view in zip(batch, views, strict=True):
                     elen = len(raw) - protocol.SIGNATURE_SIZE
-                    signed = SignedEntry(body=bytes(raw[:elen]), signature=bytes(raw[elen:]))
-                    with memoryview(buf) as view:
-                        self.store.write_segment(index, signed, view, clen)
-                    with self._cond:
-                        self._written = index + 1
-                        self._cond.notify_all()
-            except BaseException as exc:  # noqa: BLE001 - handed to the receiving thread
-                self._fail(JournalError(f"cannot store segment {index}: {exc}"))
-            finally:
+                    segments.append((SignedEntry(body=bytes(raw[:elen]), signature=bytes(raw[elen:])), view, clen))
+                self.store.write_segments(first, segments)
+                with self._cond:
+                    self._written = first + len(batch)
+                    self._cond.notify_all()
+        except BaseException as exc:  # noqa: BLE001 - handed to the receiving thread
+            self._fail(JournalError(f"cannot store segments {first}..{first + len(batch) - 1}: {exc}"))
+        finally:
+            for view in views:
+                view.release()
+            for _index, _raw, buf, _clen in batch:
                 free.put(buf)
 
     # ------------------------------------------------------------------ commit thread
