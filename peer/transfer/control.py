@@ -40,6 +40,7 @@ class TransferControl:
         self._tokens = 0.0
         self._stamp = clock()
         self._sockets: list[socket.socket] = []
+        self._held = 0  # threads waiting in a pause
         self.set_rate_limit(rate_limit_bps)
 
     # ------------------------------------------------------------------ flags
@@ -47,6 +48,11 @@ class TransferControl:
     def paused(self) -> bool:
         """True while paused."""
         return self._paused
+
+    @property
+    def held(self) -> int:
+        """How many threads are waiting for this transfer to be resumed."""
+        return self._held
 
     @property
     def cancelled(self) -> bool:
@@ -89,10 +95,18 @@ class TransferControl:
     def check(self) -> None:
         """Raise :class:`TransferCancelled` if cancelled; block while paused."""
         with self._cond:
-            while self._paused and not self._cancelled:
-                self._cond.wait()
+            self._wait_while_paused()
             if self._cancelled:
                 raise TransferCancelled("transfer cancelled")
+
+    def _wait_while_paused(self) -> None:
+        # Called holding the condition.
+        self._held += 1
+        try:
+            while self._paused and not self._cancelled:
+                self._cond.wait()
+        finally:
+            self._held -= 1
 
     # ------------------------------------------------------------------ rate
     def set_rate_limit(self, rate_limit_bps: int | None) -> None:
@@ -125,11 +139,14 @@ class TransferControl:
             if self._rate is None:
                 return
             if self._paused:
-                while self._paused and not self._cancelled:
-                    self._cond.wait()
+                self._wait_while_paused()
                 # No credit for the time spent paused.
                 self._tokens = 0.0
                 self._stamp = self._clock()
+                if self._rate is None:  # the limit was lifted while paused
+                    if self._cancelled:
+                        raise TransferCancelled("transfer cancelled")
+                    return
             now = self._clock()
             # A quarter second of burst keeps the average honest without stalls.
             burst = self._rate / 4

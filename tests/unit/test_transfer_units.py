@@ -18,7 +18,7 @@ from peer.transfer import TransferCancelled, TransferControl, TransferRefused, p
 from peer.transfer.errors import JournalError, ProtocolError
 from peer.transfer.journal import DownloadStore, slot_size
 from peer.transfer.tls import certificate_login, certificate_public_key, make_certificate
-from tests.support.waiting import FakeClock
+from tests.support.waiting import FakeClock, wait_for
 
 SEG = 4096 * 2
 KEY = Ed25519PrivateKey.generate()
@@ -133,6 +133,30 @@ def test_token_bucket_limits_the_rate() -> None:
     assert clock() - began == 10.625
     control.throttle(1 << 17)
     assert clock() - began == 10.75
+
+
+def test_lifting_the_limit_while_paused_lets_the_transfer_go_on_unlimited() -> None:
+    # A person pauses a limited upload, lifts the limit (`acb transfers limit 0`), then resumes: the
+    # waiting chunk must go through, not die on the rate that is no longer there.
+    control = TransferControl(rate_limit_bps=1 << 20)
+    control.pause()
+    outcome: list[object] = []
+
+    def send() -> None:
+        try:
+            control.throttle(1 << 16)
+            outcome.append("sent")
+        except Exception as exc:  # what the upload thread would die of
+            outcome.append(exc)
+
+    t = threading.Thread(target=send)
+    t.start()
+    wait_for(lambda: control.held, 2, "the chunk to wait in the pause")
+    control.set_rate_limit(None)
+    control.resume()
+    t.join(2)
+    assert outcome == ["sent"]
+    assert not control.limited
 
 
 def test_pause_blocks_until_resume_and_cancel_wakes_everyone() -> None:
