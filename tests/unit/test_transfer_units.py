@@ -17,6 +17,7 @@ from broker.content import ManifestEntry, ManifestHeader, ciphertext_hash, sign_
 from peer.transfer import TransferCancelled, TransferControl, TransferRefused, protocol
 from peer.transfer.errors import JournalError, ProtocolError
 from peer.transfer.journal import DownloadStore, slot_size
+from peer.transfer.source import BufferPool
 from peer.transfer.tls import certificate_login, certificate_public_key, make_certificate
 from tests.support.waiting import FakeClock, wait_for
 
@@ -113,6 +114,66 @@ def test_complete_store_needs_no_recheck(tmp_path: Path) -> None:
         assert again.complete and again.recover(2) == 2 and again.rechecked == 0
     finally:
         again.close()
+
+
+def test_committing_the_last_segment_completes_the_download_with_no_further_flush(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    _fill(store, 4, commit_upto=4)
+    journal = tmp_path / "s1.journal"
+    assert store.complete
+    assert (tmp_path / "s1.ct").stat().st_size == store.offset(3) + store.ct_length(3)
+    written = journal.stat().st_size
+    store.mark_complete(4)  # what download() still calls: nothing left to do
+    assert journal.stat().st_size == written
+    store.close()
+    again = _store(tmp_path)
+    try:
+        assert again.complete and again.committed == 4 and again.recover(4) == 4 and again.rechecked == 0
+    finally:
+        again.close()
+
+
+def test_a_run_of_segments_written_at_once_reads_back_and_recovers_as_single_ones(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    header = ManifestHeader("s1", "d", "a", "b", "00", store.size, SEG, 4, "11")
+    store.write_header(sign_header(KEY, header))
+    cts = [os.urandom(store.ct_length(i)) for i in range(4)]
+    slots = [_slot(ct) for ct in cts]
+    entries = [sign_entry(KEY, ManifestEntry("s1", i, ciphertext_hash(ct), len(ct), ())) for i, ct in enumerate(cts)]
+    store.write_segments(0, [(entries[0], slots[0], len(cts[0]))])
+    store.write_segments(1, [(entries[i], slots[i], len(cts[i])) for i in (1, 2, 3)])
+    store.commit(1)
+    assert [store.read_ciphertext(i) for i in range(4)] == cts
+    store.close()
+    again = _store(tmp_path)
+    try:
+        assert again.committed == 1 and not again.complete
+        assert again.recover(4) == 4 and again.rechecked == 3 and again.complete
+    finally:
+        again.close()
+
+
+def test_session_sockets_send_small_messages_at_once() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener, \
+            socket.create_connection(listener.getsockname()) as client:
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+        protocol.send_at_once(client)
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    a, b = socket.socketpair()
+    with a, b:
+        protocol.send_at_once(a)  # not TCP: nothing to turn off, and no error
+
+
+def test_buffer_pool_hands_back_kept_buffers_up_to_its_bound() -> None:
+    pool = BufferPool(keep_bytes=2 * (2 * SEG + 16))
+    first = [pool.take(SEG) for _ in range(3)]
+    assert all(len(pt) == SEG and len(ct) == SEG + 16 for pt, ct in first)
+    for bufs in first:
+        pool.give(SEG, bufs)
+    again = [pool.take(SEG) for _ in range(3)]
+    kept = {id(b) for bufs in first for b in bufs}
+    assert sum(1 for bufs in again if id(bufs[0]) in kept) == 2  # the third was over the bound, so new
+    assert len(pool.take(2 * SEG)[0]) == 2 * SEG  # another segment size is never served from these
 
 
 def test_sale_id_must_be_a_plain_file_name(tmp_path: Path) -> None:
