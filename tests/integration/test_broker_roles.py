@@ -26,6 +26,7 @@ import pika
 import pika.exceptions
 import pytest
 
+from broker import commands as c
 from broker import queries as q
 from broker.admin import (
     MAX_MESSAGE_SIZE,
@@ -41,7 +42,8 @@ from broker.admin import (
     write_roles,
 )
 from broker.client import BrokerClient
-from broker.errors import ConfigurationError
+from broker.envelope import seal
+from broker.errors import Busy, ConfigurationError
 from broker.settings import Settings
 from tests.support.broker_roles import RoleVhost, admin_api, role_vhost
 from tests.support.waiting import wait_for
@@ -371,6 +373,35 @@ def test_the_reads_queue_refuses_queries_past_its_bound() -> None:
         assert (accepted, nacked) == (50, 30)
         depth = allowed(rv.admin_url, lambda ch: ch.queue_declare(n.reads, passive=True).method.message_count)
         assert depth == 50
+
+
+def test_the_commands_queue_turns_commands_away_at_its_bound_and_the_client_hears_busy() -> None:
+    # No replica consumes here: the bound is the broker's alone. Past it a publish is nacked at once.
+    with role_vhost(declare=True, limits=Limits(commands_length=40)) as rv:
+        n = rv.names
+        conn, ch = _channel(rv.peer_url)
+        accepted = nacked = 0
+        try:
+            for i in range(70):
+                try:
+                    ch.basic_publish(n.commands, "command", b'{"flood": %d}' % i,
+                                     pika.BasicProperties(delivery_mode=2))
+                    accepted += 1
+                except pika.exceptions.NackError:
+                    nacked += 1
+        finally:
+            conn.close()
+        # A quorum queue sees it is full once past the bound, so it takes one more than the bound.
+        assert accepted in (40, 41) and accepted + nacked == 70
+        # The client library takes the nack as `busy`: it backs off, tries again, and says so when time is up.
+        client = BrokerClient(rv.peer_url, n)
+        try:
+            start = time.monotonic()
+            with pytest.raises(Busy, match="queue is full"):
+                client.request(seal(c.Deposit(account="bob", amount=1), sender="bob", key=None), timeout=3)
+            assert time.monotonic() - start < 4 and client.busy_pauses >= 1
+        finally:
+            client.close()
 
 
 def test_the_dead_letter_queue_keeps_only_the_newest_within_its_bounds() -> None:
