@@ -61,7 +61,7 @@ __all__ = [
     "TICK", "SKIPPED", "REJECTED", "DUPLICATE", "REMEMBERED", "REFUSED", "FAILED", "DECIDED", "UNHANDLEABLE",
     "Incoming", "Writer", "Verdict", "Plan", "Refusals", "decide_batch", "make_entry", "dead_letter_reason",
     "turn_of", "STRANGER", "REJECTED_MEMORY", "EXPIRED", "COPIES_MEMORY", "shed_reply", "busy_budget",
-    "BUSY_ANSWERS_PER_S", "BUSY_ANSWERS_BURST",
+    "BUSY_ANSWERS_PER_S", "BUSY_ANSWERS_BURST", "HOLD_LOOK_MS",
 ]
 
 TICK, SKIPPED, REJECTED, DUPLICATE = "tick", "skipped", "rejected", "duplicate"
@@ -77,6 +77,10 @@ COPIES_MEMORY = 20_000
 # and a publish (~0.2 ms): more than this slows the intake's drain of a flood, and so everyone behind it.
 BUSY_ANSWERS_PER_S = 100
 BUSY_ANSWERS_BURST = 256
+# The primary looks at the holds itself when its last look is older than this by the ledger's clock: ticks wait
+# behind a backlog in the commands queue (and expire there), so without it no sale is voided until a backlog
+# drains. With it, a sale past its deadline is voided within this plus one batch while the primary is working.
+HOLD_LOOK_MS = 500
 # Messages no ledger could ever apply go to the dead-letter queue with the reason.
 UNHANDLEABLE = (errors.Malformed, errors.UnknownType, errors.UnsupportedVersion, errors.BadSignature)
 STRANGER = "stranger"  # the one turn shared by commands that name no registered sender
@@ -267,12 +271,17 @@ class _Batch:
 
 
 def decide_batch(state: State, messages: Sequence[Incoming], ctx: Context, writer: Writer,
-                 refusals: Refusals, applied: Callable[[str], dict[str, Any] | None] | None = None) -> Plan:
+                 refusals: Refusals, applied: Callable[[str], dict[str, Any] | None] | None = None, *,
+                 look_at_holds: bool = False) -> Plan:
     """Decide a batch of messages against ``state``, one after another, each seeing the entries before it.
 
     ``refusals`` is only read; the plan's ``refusals`` are the new ones for the caller to remember.
+    ``look_at_holds`` expires overdue holds first, as a tick would (the primary's own look, see
+    :data:`HOLD_LOOK_MS`); its entry has no verdict, and ticks of the batch are then skipped.
     """
     batch = _Batch(writer, ctx, refusals, state, applied=applied)
+    if look_at_holds:
+        _tick(batch)
     verdicts = tuple(_tick(batch) if m.tick else _command(batch, m) for m in messages)
     return Plan(verdicts=verdicts, entries=tuple(batch.entries), folds=batch.folds, state=batch.state,
                 refusals=tuple(batch.refused.items()), copies=tuple(batch.copies.items()))

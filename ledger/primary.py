@@ -34,7 +34,17 @@ from ledger.events import EpochStarted
 from ledger.fairness import FairInbox
 from ledger.follower import Follower
 from ledger.handlers import Context
-from ledger.intake import Incoming, Refusals, Writer, busy_budget, decide_batch, make_entry, shed_reply, turn_of
+from ledger.intake import (
+    HOLD_LOOK_MS,
+    Incoming,
+    Refusals,
+    Writer,
+    busy_budget,
+    decide_batch,
+    make_entry,
+    shed_reply,
+    turn_of,
+)
 from ledger.log import ACCEPTED, LogBatch, LogEntry, Outcome
 
 __all__ = ["CommandProcessor", "Deposed", "TICK", "log_messages", "LOG_MESSAGE_MAX"]
@@ -98,6 +108,7 @@ class CommandProcessor:
         self.on_role_change: Callable[[bool], None] | None = None
         self.refusals = Refusals()
         self.busy_answers = busy_budget()  # per turn: shed commands told `busy`, within this budget
+        self._holds_looked_ms = 0  # the ledger clock when a batch last looked at the holds
         self._link: Link | None = None
 
     @property
@@ -230,8 +241,12 @@ class CommandProcessor:
                 raise Deposed(f"epoch {self.follower.state.epoch} belongs to {self.follower.state.primary}")
             self._become_primary(link)
         messages = [Incoming(d.body, d.correlation_id, tick=d.type == TICK) for d in batch]
-        plan = decide_batch(self.follower.state, messages, self.context(), self._writer(self.epoch), self.refusals,
-                            self.follower.applied_command)
+        ctx = self.context()
+        look = ctx.now_ms - self._holds_looked_ms >= HOLD_LOOK_MS  # ticks may be stuck behind a backlog
+        if look or any(m.tick for m in messages):
+            self._holds_looked_ms = ctx.now_ms
+        plan = decide_batch(self.follower.state, messages, ctx, self._writer(self.epoch), self.refusals,
+                            self.follower.applied_command, look_at_holds=look)
         self.refusals.remember(plan.refusals, plan.copies)
         for delivery, verdict in zip(batch, plan.verdicts, strict=True):
             if verdict.error is not None and not isinstance(verdict.error, errors.CommandRejected):

@@ -4,6 +4,9 @@
 replica publishes its status once a second, and with it a *tick* into the
 commands queue: whoever holds the queue receives the ticks, learns it is the
 primary even with no client about, and expires holds on its own clock.
+Ticks live at most three tick intervals in the queue, so behind a backlog they
+vanish unseen; the primary then looks at the holds itself, every
+:data:`ledger.intake.HOLD_LOOK_MS` of its clock while it decides commands.
 """
 from __future__ import annotations
 
@@ -86,7 +89,8 @@ class Replica:
 
     def _context(self) -> Context:
         return Context(operator_key=self.keys.operator_public, ledger_key=self.keys.ledger_key,
-                       now_ms=int(time.time() * 1000), hold_ttl_ms=self.config.hold_ttl_ms)
+                       now_ms=int(time.time() * 1000), hold_ttl_ms=self.config.hold_ttl_ms,
+                       retired_sale=self.store.retired_sale)
 
     def start(self) -> None:
         self.follower.recover()

@@ -263,3 +263,27 @@ def test_whose_turn_a_command_waits_for(stocked_book: Book) -> None:
     assert turn_of(operator, stocked_book.state) == f"user:{c.OPERATOR}"
     assert turn_of(nobody, stocked_book.state) == STRANGER
     assert turn_of(b"garbage", stocked_book.state) == STRANGER
+
+
+def test_the_primarys_own_look_expires_overdue_holds_with_no_tick_in_the_batch(stocked_book: Book) -> None:
+    # Under a backlog ticks wait (and expire) in the queue: the primary asks the batch to look by itself.
+    stocked_book.open_sale("bob", "s-1", "doc-1")
+    late = stocked_book.now_ms + stocked_book.hold_ttl_ms + 1
+    deposit = command(stocked_book, c.Deposit(account="carol", amount=5), c.OPERATOR, issued_at=late)
+    ctx = dataclasses.replace(stocked_book.context(), now_ms=late)
+    plan = decide_batch(stocked_book.state, [deposit, TICK_MESSAGE], ctx, writer(stocked_book), Refusals(),
+                        look_at_holds=True)
+    assert [v.kind for v in plan.verdicts] == [DECIDED, SKIPPED]  # the look has no verdict; the tick is not needed
+    expiry, credit = plan.entries
+    assert [e["type"] for e in expiry.events] == ["sale_voided"] and credit.expected_seq == expiry.expected_seq + 1
+    for entry in plan.entries:
+        assert stocked_book.fold(entry).verdict == ACCEPTED
+    assert stocked_book.state.balance("bob") == 5000 and stocked_book.state.balance("carol") == 305
+
+
+def test_no_look_at_the_holds_unless_asked_or_ticked(stocked_book: Book) -> None:
+    stocked_book.open_sale("bob", "s-1", "doc-1")
+    late = stocked_book.now_ms + stocked_book.hold_ttl_ms + 1
+    plan = run(stocked_book, command(stocked_book, c.Deposit(account="carol", amount=5), c.OPERATOR, issued_at=late),
+               now_ms=late)
+    assert len(plan.entries) == 1 and stocked_book.state.sales["s-1"].status == OPEN

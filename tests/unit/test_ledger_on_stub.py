@@ -5,6 +5,7 @@ the stub's queues, and waits on the stub's condition for answers.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from broker.trust import Trust, digest, raw_public, sign_roster
 from catalog import Catalog
 from ledger.follower import Follower
 from ledger.handlers import Context
+from ledger.intake import HOLD_LOOK_MS
 from ledger.keys import SystemKeys
 from ledger.log import LogBatch
 from ledger.model import state_hash
@@ -195,3 +197,30 @@ def test_another_follower_on_the_same_log_reaches_the_same_state(ledger: StubLed
     ledger.start(backup)
     assert ledger.stub.wait(lambda: backup.state.seq >= reply.seq, WAIT)  # type: ignore[operator]
     assert state_hash(backup.state) == state_hash(ledger.follower.state)
+
+
+def test_an_overdue_hold_is_voided_promptly_with_no_tick_at_all(ledger: StubLedger) -> None:
+    # Ticks can wait behind a backlog and expire in the queue: here none is ever sent, and commands keep coming.
+    ledger.commands.context = lambda: dataclasses.replace(ledger.context(), hold_ttl_ms=300)
+    alice, bob = register(ledger, "alice"), register(ledger, "bob")
+    assert ledger.request(ledger.operator_command(c.Deposit(account="bob", amount=5000))).ok
+    doc = c.PublishDocument(doc_id="d-1", title="Field notes", topic="physics", price=100, size=1, sha256="0" * 64,
+                            merkle_root="0" * 64, segment_size=1 << 20, endpoint="127.0.0.1:9")
+    assert ledger.request(seal(doc, sender="alice", key=alice.sign)).ok
+    opened = ledger.request(seal(c.OpenSale(sale_id="s-1", doc_id="d-1", price=100), sender="bob", key=bob.sign))
+    assert opened.ok and opened.result is not None
+    deadline = int(opened.result["deadline_ms"])
+
+    def voided_at() -> int | None:
+        for d in ledger.stub.waiting(ledger.names.log):
+            for entry in LogBatch.model_validate_json(d.body).entries:
+                if any(e["type"] == "sale_voided" and e["sale_id"] == "s-1" for e in entry.events):
+                    return entry.at_ms
+        return None
+
+    end = time.monotonic() + WAIT
+    while (at := voided_at()) is None and time.monotonic() < end:
+        assert ledger.request(ledger.operator_command(c.Deposit(account="alice", amount=1))).ok
+    assert at is not None, "the overdue hold was never voided"
+    assert deadline <= at <= deadline + HOLD_LOOK_MS + 500, f"voided {at - deadline} ms after its deadline"
+    assert ledger.follower.state.balance("bob") == 5000
