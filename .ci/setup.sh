@@ -125,13 +125,16 @@ ensure_venv() {
 
 ensure_project_installed() {
     local want
-    want=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
+    # The bench extra is matplotlib, for `acb bench load`'s plot. The extras are part of the stamp, so adding
+    # one reinstalls on a machine set up before.
+    local extras="test,gui,bench"
+    want=$( (cat "$ROOT/pyproject.toml"; echo "$extras") | sha256sum | cut -d' ' -f1)
     if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
         log "python packages up to date"
         return 0
     fi
-    log "installing the project and its test and gui extras into .venv"
-    (cd "$ROOT" && quietly "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e '.[test,gui]') ||
+    log "installing the project and its $extras extras into .venv"
+    (cd "$ROOT" && quietly "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e ".[$extras]") ||
         die "pip install failed"
     echo "$want" >"$STAMP"
 }
