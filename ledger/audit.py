@@ -6,7 +6,8 @@ the operator certified at that point, and every event that moves a user's
 money carries the command that user (or the operator) signed, matching it
 (:mod:`ledger.authority`), so no replica has to be trusted; each sale's hold
 resolves at most once (settled, voided or refunded,
-never two of these); no key reaches a consumer except in a settle event, and
+never two of these) and no sale id is opened twice, even long after the first
+sale left the state (:data:`ledger.model.DISPUTE_WINDOW`); no key reaches a consumer except in a settle event, and
 only after the provider escrowed one; no command id has its effect twice; and
 at the end (and every ``check_every`` events) money is conserved and holds add
 up (:func:`ledger.model.invariant_violations`).
@@ -216,6 +217,8 @@ def audit(store: Store, *, use_snapshot: bool = False, check_every: int = 1000,
     state = start
     resolved: dict[str, int] = {}
     escrowed: set[str] = {sid for sid, s in state.sales.items() if s.key_commitment}
+    # Every sale id ever opened, with where: the state forgets sales past their dispute window, the audit may not.
+    opened: dict[str, int | None] = dict.fromkeys(state.sales)
     commands_seen: dict[str, int] = {}
     group: list[Any] = []  # rows of the entry being read
     entry_start = state  # the state before that entry
@@ -233,6 +236,11 @@ def audit(store: Store, *, use_snapshot: bool = False, check_every: int = 1000,
                     report.found(Invariant.HOLD_RESOLVED_ONCE, f"sale {event.sale_id} resolved again "
                                                                f"(first at seq {resolved.get(event.sale_id)})", row.seq)
                 resolved[event.sale_id] = row.seq
+            if isinstance(event, ev.SaleOpened):
+                if event.sale_id in opened:
+                    report.found(Invariant.HOLD_RESOLVED_ONCE, f"sale id {event.sale_id} opened again (first at seq "
+                                                               f"{opened[event.sale_id]})", row.seq)
+                opened[event.sale_id] = row.seq
             if isinstance(event, ev.KeyEscrowed):
                 escrowed.add(event.sale_id)
             if isinstance(event, ev.SaleSettled) and event.sale_id not in escrowed:

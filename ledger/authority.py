@@ -17,7 +17,7 @@ open_sale          the consumer                  sale_opened for that consumer, 
 escrow_key         the sale's provider           key_escrowed (that commitment)
 settle(_interval)  the sale's consumer           sale_settled / interval_settled
 void               consumer, provider, operator  sale_voided
-dispute            the sale's consumer           dispute_resolved
+dispute            the sale's consumer           dispute_resolved, in the dispute window
 change_keystore    the user                      keystore_changed of that user
 (none)             the primary alone             epoch_started; sale_voided "expired" of an
                                                  open sale whose deadline has passed
@@ -40,7 +40,7 @@ from broker.money import MAX_FEE_BPS, fee, interval_fee, interval_prices
 from broker.trust import Roster
 from ledger import events as ev
 from ledger.handlers import RESERVED_LOGINS, Context, decide
-from ledger.model import OPEN, State
+from ledger.model import OPEN, State, dispute_closes_after
 
 __all__ = ["entry_problem", "command_of", "signer_key", "MAX_HOLD_MS"]
 
@@ -286,6 +286,9 @@ def _dispute(state: State, sender: str, cmd: c.FileDispute, e: ev.DisputeResolve
     sale = state.sales.get(cmd.sale_id)
     if sale is None or sale.disputed or sale.key_commitment is None:
         return f"sale {cmd.sale_id} cannot be disputed now"
+    last = dispute_closes_after(sale)
+    if last is not None and state.seq + 1 > last:
+        return f"sale {cmd.sale_id} is past its dispute window (settled at seq {sale.closed_seq})"
     if e.provider_cheated:
         owed = [("refund", e.refund, sale.paid), ("penalty", e.penalty, 0), ("fee_returned", e.fee_returned,
                 sale.fee_paid), ("released", e.released, sale.held)]

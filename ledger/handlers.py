@@ -7,6 +7,7 @@ refused command leaves balances and the log exactly as they were.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,8 @@ from broker.money import MAX_FEE_BPS, fee, format_minor, interval_fee, interval_
 from broker.sealing import SealError, escrow_info, open_sealed, release_info, seal_to
 from broker.trust import Roster
 from ledger import events as ev
-from ledger.model import OPEN, SETTLED, State
+from ledger import model
+from ledger.model import OPEN, SETTLED, State, dispute_closes_after
 
 __all__ = ["Context", "Decision", "decide", "authenticate", "expire_holds", "RESERVED_LOGINS"]
 
@@ -32,13 +34,16 @@ RESERVED_LOGINS = frozenset({c.OPERATOR, c.LEDGER, c.OWNER, "system", "admin"})
 
 @dataclass(frozen=True)
 class Context:
-    """What deciding needs beyond the state: keys and the primary's clock."""
+    """What deciding needs beyond the state: keys, the primary's clock, and the sales that left the state."""
 
     operator_key: bytes  # raw Ed25519 public key of the operator
     ledger_key: X25519PrivateKey  # opens escrowed keys
     now_ms: int
     hold_ttl_ms: int = 15 * 60 * 1000
     max_skew_ms: int = 60 * 60 * 1000
+    # A sale past its dispute window, by id, from the store's projection (``Store.retired_sale``): a sale id is
+    # never used twice, and a late command about an old sale is told what became of it. None: the state only.
+    retired_sale: Callable[[str], dict[str, Any] | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -163,8 +168,17 @@ def _change_price(state: State, sender: str, cmd: c.ChangePrice, ctx: Context) -
     return Decision([ev.PriceChanged(doc_id=cmd.doc_id, price=cmd.price)], {"doc_id": cmd.doc_id, "price": cmd.price})
 
 
+def _retired(state: State, sale_id: str, ctx: Context) -> dict[str, Any] | None:
+    """The sale ``sale_id`` as it left the state, if it did (nothing can have left before the first window)."""
+    if ctx.retired_sale is None or state.seq <= model.DISPUTE_WINDOW:
+        return None
+    return ctx.retired_sale(sale_id)
+
+
 def _open_sale(state: State, sender: str, cmd: c.OpenSale, ctx: Context) -> Decision:
-    if cmd.sale_id in state.sales:
+    if cmd.sale_id in state.sales or _retired(state, cmd.sale_id, ctx) is not None:
+        # Evidence of a dispute names its sale by id only: an id used again would let old evidence be judged
+        # against a new key.
         raise errors.DuplicateSale(f"sale id {cmd.sale_id} is already used")
     doc = state.documents.get(cmd.doc_id)
     if doc is None or not doc.published:
@@ -194,11 +208,19 @@ def _open_sale(state: State, sender: str, cmd: c.OpenSale, ctx: Context) -> Deci
     return Decision([event], result)
 
 
-def _sale_of(state: State, sale_id: str, sender: str, *roles: str) -> Any:
+def _sale_of(state: State, sale_id: str, sender: str | None, *roles: str, ctx: Context | None = None) -> Any:
+    """The sale, if ``sender`` plays one of ``roles`` in it (any sender when None); a sale past its dispute window
+    is refused as closed, saying so."""
     sale = state.sales.get(sale_id)
     if sale is None:
-        raise errors.UnknownSale(f"no sale {sale_id}")
-    if sender not in [getattr(sale, r) for r in roles]:
+        old = _retired(state, sale_id, ctx) if ctx is not None else None
+        if old is None:
+            raise errors.UnknownSale(f"no sale {sale_id}")
+        if sender is not None and sender not in [old.get(r) for r in roles]:
+            raise errors.NotYourSale(f"sale {sale_id} is between {old.get('consumer')} and {old.get('provider')}")
+        raise errors.SaleClosed(f"sale {sale_id} is {old.get('status')} since seq {old.get('closed_seq')} and past "
+                                f"its dispute window of {model.DISPUTE_WINDOW:,} events")
+    if sender is not None and sender not in [getattr(sale, r) for r in roles]:
         raise errors.NotYourSale(f"sale {sale_id} is between {sale.consumer} and {sale.provider}")
     return sale
 
@@ -214,7 +236,7 @@ def _open_escrow(sale_id: str, sealed_b64: str, commitment: str, ctx: Context) -
 
 
 def _escrow(state: State, sender: str, cmd: c.EscrowKey, ctx: Context) -> Decision:
-    sale = _sale_of(state, cmd.sale_id, sender, "provider")
+    sale = _sale_of(state, cmd.sale_id, sender, "provider", ctx=ctx)
     if sale.status != OPEN:
         raise errors.SaleClosed(f"sale {cmd.sale_id} is {sale.status}")
     if sale.key_commitment is not None:
@@ -231,7 +253,7 @@ def _escrow(state: State, sender: str, cmd: c.EscrowKey, ctx: Context) -> Decisi
 
 
 def _settleable(state: State, sale_id: str, sender: str, ctx: Context) -> tuple[Any, bytes]:
-    sale = _sale_of(state, sale_id, sender, "consumer")
+    sale = _sale_of(state, sale_id, sender, "consumer", ctx=ctx)
     if sale.status != OPEN:
         raise errors.SaleClosed(f"sale {sale_id} is already {sale.status}")
     if sale.sealed_key is None:
@@ -276,12 +298,8 @@ def _settle_interval(state: State, sender: str, cmd: c.SettleInterval, ctx: Cont
 
 
 def _void(state: State, sender: str, cmd: c.VoidSale, ctx: Context) -> Decision:
-    if sender == c.OPERATOR:
-        sale = state.sales.get(cmd.sale_id)
-        if sale is None:
-            raise errors.UnknownSale(f"no sale {cmd.sale_id}")
-    else:
-        sale = _sale_of(state, cmd.sale_id, sender, "consumer", "provider")
+    who = None if sender == c.OPERATOR else sender
+    sale = _sale_of(state, cmd.sale_id, who, "consumer", "provider", ctx=ctx)
     if sale.status != OPEN:
         raise errors.SaleClosed(f"sale {cmd.sale_id} is already {sale.status}")
     # A split sale keeps what its settled intervals paid: only the rest still held goes back.
@@ -290,7 +308,7 @@ def _void(state: State, sender: str, cmd: c.VoidSale, ctx: Context) -> Decision:
 
 
 def _dispute(state: State, sender: str, cmd: c.FileDispute, ctx: Context) -> Decision:
-    sale = _sale_of(state, cmd.sale_id, sender, "consumer")
+    sale = _sale_of(state, cmd.sale_id, sender, "consumer", ctx=ctx)
     paid_segments = sale.settled_intervals * sale.interval_segments
     if not (sale.status == SETTLED or (sale.status == OPEN and sale.settled_intervals and cmd.index < paid_segments)):
         raise errors.SaleClosed(f"only what was paid for can be disputed; sale {cmd.sale_id} is {sale.status}"
@@ -298,6 +316,11 @@ def _dispute(state: State, sender: str, cmd: c.FileDispute, ctx: Context) -> Dec
                                    if sale.status == OPEN else ""))
     if sale.disputed:
         raise errors.SaleClosed(f"sale {cmd.sale_id} was already disputed")
+    last = dispute_closes_after(sale)
+    if last is not None and state.seq + 1 > last:
+        raise errors.SaleClosed(f"sale {cmd.sale_id} was settled at seq {sale.closed_seq}; disputes are accepted for "
+                                f"{model.DISPUTE_WINDOW:,} events after settlement, and the ledger is at seq "
+                                f"{state.seq}")
     key = _open_escrow(sale.sale_id, sale.sealed_key, sale.key_commitment, ctx)
     doc = state.documents[sale.doc_id]
     provider = state.users[sale.provider]

@@ -35,7 +35,7 @@ from ledger.authority import entry_problem
 from ledger.chain import chain_hash
 from ledger.errors import ChainBroken
 from ledger.events import EpochStarted, parse_event
-from ledger.model import Record, State, apply
+from ledger.model import Record, State, apply, retired_pictures
 from ledger.store import Row
 
 __all__ = ["LogEntry", "LogBatch", "Outcome", "fold_entry", "replay_row", "signature_problem", "command_digest",
@@ -238,7 +238,8 @@ def _applied(state: State, entry: LogEntry, events: list[Any]) -> tuple[Outcome,
                                     command_digest(entry.command)))
         # The last row of an entry keeps the whole signed entry, so an audit can check every signature.
         rows.append(Row(seq, entry.epoch, entry.at_ms, command_id, event.type, _version(payload), payload,
-                        reply, prev_hash, digest, written if last else None, flows_of(state)))
+                        reply, prev_hash, digest, written if last else None, flows_of(state),
+                        retired_pictures(state)))
     return Outcome(ACCEPTED, first_seq=first_seq, last_seq=state.seq), state, rows
 
 

@@ -40,8 +40,9 @@ from catalog import Catalog
 from ledger.connected import keep_connected
 from ledger.follower import Follower
 from ledger.keys import SystemKeys
-from ledger.model import State
+from ledger.model import State, sale_from_dict
 from ledger.ratelimit import RateLimiter
+from ledger.store import Store
 
 __all__ = ["answer", "command_status", "ReadServer", "CHALLENGE_TTL_MS", "STATUS_MARGIN_MS"]
 
@@ -88,11 +89,13 @@ def newest_roster(state: State, trust: Trust | None) -> Any:
 def answer(state: State, env: Envelope, keys: SystemKeys, catalog: Catalog, now_ms: int,
            trust: Trust | None = None, fetches: RateLimiter | None = None,
            flows: Callable[[str, int, int], list[dict[str, Any]]] | None = None,
-           commands: Callable[[str], dict[str, Any] | None] | None = None) -> dict[str, Any]:
+           commands: Callable[[str], dict[str, Any] | None] | None = None,
+           retired: Store | None = None) -> dict[str, Any]:
     """The result of one query against one state. Raises CommandRejected.
 
     ``flows(account, limit, upto)`` reads cash-flow history, which the state does not keep (the store does);
-    ``commands(id)`` finds an applied command older than the state's window of ids (the store, again).
+    ``commands(id)`` finds an applied command older than the state's window of ids (the store, again);
+    ``retired``, the store, holds the sales past their dispute window.
     """
     query = env.payload
     kind = query.type
@@ -109,6 +112,9 @@ def answer(state: State, env: Envelope, keys: SystemKeys, catalog: Catalog, now_
         return {"account": query.account, "flows": history, "seq": state.seq}
     if isinstance(query, q.SaleStatus):
         sale = state.sales.get(query.sale_id)
+        if sale is None and retired is not None:
+            old = retired.retired_sale(query.sale_id, upto=state.seq)
+            sale = sale_from_dict(old) if old is not None else None
         if sale is None:
             raise errors.UnknownSale(f"no sale {query.sale_id}")
         if env.sender not in ("operator", sale.consumer, sale.provider):
@@ -125,6 +131,8 @@ def answer(state: State, env: Envelope, keys: SystemKeys, catalog: Catalog, now_
         return out
     if isinstance(query, q.Sales):
         mine = [dataclasses.asdict(s) for s in state.sales.values() if query.account in (s.consumer, s.provider)]
+        if retired is not None:  # older ones first: the answer keeps the newest
+            mine = retired.retired_sales(query.account, state.seq, query.limit) + mine
         for s in mine:
             s.pop("sealed_key")
             if s["consumer"] != query.account:
@@ -307,7 +315,8 @@ class ReadServer:
     def _answer(self, env: Envelope) -> Reply:
         state = self.follower.state
         result = answer(state, env, self.keys, self.catalog, int(time.time() * 1000), self.trust,
-                        self.keystore_fetches, self.follower.flows, self.follower.applied_command)
+                        self.keystore_fetches, self.follower.flows, self.follower.applied_command,
+                        self.follower.store)
         # Built as the query's answer model: this replica cannot send a shape clients do not know.
         typed = parse_answer(env.payload.type, result)
         return Reply(id=env.id, ok=True, seq=state.seq, result=typed.to_result(), served_by=self.replica_id)

@@ -9,8 +9,10 @@ written in the same transaction, so a crash neither skips nor repeats.
 
 History that no command needs to be decided lives here rather than in the
 replicated state: the cash flows each event caused (``flows``, a projection
-written in the same transaction as its events), and the answers of commands
-older than the state's window (found in ``events`` by the command id index).
+written in the same transaction as its events), the answers of commands
+older than the state's window (found in ``events`` by the command id index),
+and the sales past their dispute window (``sales``, written by the event at
+which they left the state; see :data:`ledger.model.DISPUTE_WINDOW`).
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ from broker.codec import canonical
 from broker.settings import load_environment
 from ledger.errors import StoreError
 
-__all__ = ["Store", "Row", "default_store_url", "migrate", "EVENTS", "META", "SNAPSHOTS", "FLOWS", "FLOW_FIELDS"]
+__all__ = ["Store", "Row", "default_store_url", "migrate", "EVENTS", "META", "SNAPSHOTS", "FLOWS", "FLOW_FIELDS",
+           "SALES"]
 
 _metadata = sa.MetaData()
 EVENTS = sa.Table(
@@ -76,6 +79,15 @@ FLOWS = sa.Table(
     sa.Column("memo", sa.Text, nullable=False),
 )
 # A flow as a read answers it (the fields of ledger.model.Flow, in its order).
+SALES = sa.Table(
+    "sales", _metadata,
+    sa.Column("sale_id", sa.String(80), primary_key=True),
+    sa.Column("consumer", sa.String(64), nullable=False, index=True),
+    sa.Column("provider", sa.String(64), nullable=False, index=True),
+    sa.Column("opened_seq", sa.BigInteger, nullable=False),
+    sa.Column("retired_seq", sa.BigInteger, nullable=False),  # the event at which it left the state
+    sa.Column("sale", sa.LargeBinary, nullable=False),  # the ledger.model.Sale as the state last held it
+)
 FLOW_FIELDS = ("seq", "at_ms", "kind", "amount", "counterparty", "doc_id", "sale_id", "memo")
 
 
@@ -109,6 +121,9 @@ class Row:
     # The cash flows the event caused, each with its "account" and the FLOW_FIELDS: the store's projection,
     # not part of the event (nor of its hash); empty for rows read back from the store.
     flows: tuple[dict[str, Any], ...] = field(default=(), compare=False)
+    # The sales the event took out of the state (past their dispute window), each the fields of a
+    # ledger.model.Sale: the store's projection again; empty for rows read back from the store.
+    retired: tuple[dict[str, Any], ...] = field(default=(), compare=False)
 
 
 def _engine(url: str) -> sa.Engine:
@@ -174,6 +189,9 @@ class Store:
                     flows = [{**f, "n": n} for r in rows for n, f in enumerate(r.flows)]
                     if flows:
                         conn.execute(FLOWS.insert(), flows)
+                    retired = [_sale_row(r.seq, sale) for r in rows for sale in r.retired]
+                    if retired:
+                        conn.execute(SALES.insert(), retired)
                 for key, value in (meta or {}).items():
                     _upsert_meta(conn, key, value)
         except SQLAlchemyError as exc:
@@ -237,6 +255,25 @@ class Store:
             got = conn.execute(query).all()
         return [dict(zip(FLOW_FIELDS, r, strict=True)) for r in reversed(got)]
 
+    def retired_sale(self, sale_id: str, upto: int | None = None) -> dict[str, Any] | None:
+        """The sale ``sale_id`` as it left the state (the fields of a ``ledger.model.Sale``), if it did by ``upto``."""
+        query = sa.select(SALES.c.sale).where(SALES.c.sale_id == sale_id)
+        if upto is not None:
+            query = query.where(SALES.c.retired_seq <= upto)
+        with self._reading() as conn:
+            blob = conn.execute(query).scalar()
+        return json.loads(blob) if blob is not None else None
+
+    def retired_sales(self, account: str, upto: int, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` sales of ``account`` (as consumer or provider) that left the state by ``upto``,
+        oldest first."""
+        query = (sa.select(SALES.c.sale)
+                 .where(sa.or_(SALES.c.consumer == account, SALES.c.provider == account), SALES.c.retired_seq <= upto)
+                 .order_by(SALES.c.opened_seq.desc()).limit(limit))
+        with self._reading() as conn:
+            got = conn.execute(query).scalars().all()
+        return [json.loads(blob) for blob in reversed(got)]
+
     def command_row(self, command_id: str, upto: int | None = None) -> Row | None:
         """The row that answered ``command_id`` (its first, the one with the reply), if it is stored."""
         query = (sa.select(EVENTS).where(EVENTS.c.command_id == command_id, EVENTS.c.reply.is_not(None))
@@ -263,6 +300,11 @@ def _upsert_meta(conn: sa.Connection, key: str, value: str) -> None:
     updated = conn.execute(META.update().where(META.c.key == key).values(value=value)).rowcount
     if not updated:
         conn.execute(META.insert().values(key=key, value=value))
+
+
+def _sale_row(seq: int, sale: dict[str, Any]) -> dict[str, Any]:
+    return {"sale_id": sale["sale_id"], "consumer": sale["consumer"], "provider": sale["provider"],
+            "opened_seq": sale["opened_seq"], "retired_seq": seq, "sale": canonical(sale)}
 
 
 def _to_db(r: Row) -> dict[str, Any]:

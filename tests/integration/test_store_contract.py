@@ -56,9 +56,9 @@ def store(store_url: str) -> Iterator[Store]:
 class TestStoreContract:
     def test_migrations_create_the_schema(self, store: Store) -> None:
         tables = set(sa.inspect(store.engine).get_table_names())
-        assert {"events", "replica_meta", "snapshots", "flows", "alembic_version"} <= tables
+        assert {"events", "replica_meta", "snapshots", "flows", "sales", "alembic_version"} <= tables
         with store.engine.connect() as conn:
-            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0004"
         indexes = {ix["name"] for ix in sa.inspect(store.engine).get_indexes("events")}
         assert "ix_events_command_id" in indexes
 
