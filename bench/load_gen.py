@@ -9,10 +9,12 @@ Latency is measured from the scheduled time, so time spent waiting for a free se
 
 The process reports to its parent over a multiprocessing queue: ``("ready", i)`` once its senders
 are connected, ``("records", i, [...])`` about once a second, and ``("done", i, cpu_seconds,
-senders, problem)`` at the end. A record is ``(kind, scheduled, sent, answered, code, command_id)``
-with ``time.monotonic()`` times (one clock for every process of the machine); ``code`` is ``ok``,
-the ledger's error code, or ``timeout``/``unavailable`` when no answer came; ``command_id`` is set
-on acknowledged writes only.
+senders, problem)`` at the end. A record is ``(kind, scheduled, sent, answered, code, command_id,
+heard)`` with ``time.monotonic()`` times (one clock for every process of the machine); ``code`` is
+``ok``, the ledger's error code, or ``timeout``/``unavailable`` when no answer came; ``command_id``
+is set on acknowledged writes only. ``heard`` is when the user first heard anything: the answer, or
+the first ``busy`` (an answer, or the broker's nack at a full queue) after which the client backed
+off and tried again; under overload that is the "clear busy" a user sees long before giving up.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from broker.trust import Trust
 
 __all__ = ["GenSpec", "Record", "run_generator"]
 
-Record = tuple[str, float, float, float, str, str]
+Record = tuple[str, float, float, float, str, str, float]
 _FLUSH_EVERY = 1.0  # seconds between record batches sent to the parent
 
 
@@ -109,8 +111,16 @@ class _Generator:
         env = seal(action.payload, sender=action.signer.login if action.signer else "anonymous", key=key,
                    kind="query" if action.query else "command", deadline=now_ms() + int(left * 1000))
         cid = ""
+        before = client.busy_pauses
+        heard: list[float] = []
+
+        def on_wait(_elapsed: float) -> None:
+            # Called before each pause; a new busy pause means a `busy` (or a nack) was just heard.
+            if not heard and client.busy_pauses > before:
+                heard.append(time.monotonic())
+
         try:
-            reply = client.request(env, timeout=left)
+            reply = client.request(env, timeout=left, on_wait=on_wait)
             code = "ok" if reply.ok else str((reply.error or {}).get("code", "rejected"))
             if reply.ok and not action.query:
                 cid = env.id
@@ -123,7 +133,7 @@ class _Generator:
         done = time.monotonic()
         with self.lock:
             answered(self.states[action.user], action.kind, code == "ok")
-            self.records.append((action.kind, scheduled, sent, done, code, cid))
+            self.records.append((action.kind, scheduled, sent, done, code, cid, heard[0] if heard else done))
 
     # -- the schedule ----------------------------------------------------------------------------
     def schedule(self, start: float) -> None:

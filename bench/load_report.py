@@ -1,9 +1,11 @@
 """What ``acb bench load`` makes of its records: the table per request type, the JSON line, the plot.
 
-A record is ``(kind, scheduled, sent, answered, code, command_id)`` (:mod:`bench.load_gen`).
+A record is ``(kind, scheduled, sent, answered, code, command_id, heard)`` (:mod:`bench.load_gen`).
 Latency is ``answered - scheduled``: a request that waited for a free sender, or for a failover,
 waited in the user's eyes too. A request that got no answer counts as an error (``timeout``)
-with the time it was waited for.
+with the time it was waited for. *Heard* is ``heard - scheduled``: how long until the user heard
+anything at all, the answer or a first ``busy``; under overload it is the measure of "every request
+gets an answer or a clear busy within a few seconds" (:data:`HEARD_WITHIN_S`).
 """
 from __future__ import annotations
 
@@ -19,11 +21,17 @@ from bench.load_mix import KINDS, READS
 
 __all__ = ["Fault", "Stats", "RunFacts", "failover_pause", "format_table", "longest_stall", "percentile", "plot",
            "stats",
-           "summary_json", "JSON_KEYS"]
+           "summary_json", "JSON_KEYS", "HEARD_WITHIN_S", "heard"]
 
 JSON_KEYS = ("users", "duration_s", "requests", "rps", "p50_ms", "p99_ms", "errors", "lost", "duplicated",
              "failover_pause_ms", "ceiling_cps", "ledger_cps", "ratio", "rss_mb_max")
 _UNANSWERED = frozenset({"timeout", "unavailable"})
+HEARD_WITHIN_S = 5.0  # "a few seconds": requests that heard nothing (answer or busy) for longer are counted
+
+
+def heard(record: Record) -> float:
+    """Seconds from the scheduled time until the user heard anything (records of six fields: the answer)."""
+    return (record[6] if len(record) > 6 else record[3]) - record[1]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -68,7 +76,7 @@ def stats(records: Sequence[Record]) -> dict[str, Stats]:
     """Per request type, and ``all``."""
     out = {k: Stats(k) for k in KINDS}
     out["all"] = Stats("all")
-    for kind, scheduled, _sent, done, code, _cid in records:
+    for kind, scheduled, _sent, done, code, *_ in records:
         for s in (out.setdefault(kind, Stats(kind)), out["all"]):
             s.count += 1
             s.latencies.append(done - scheduled)
@@ -88,7 +96,7 @@ def longest_stall(records: Sequence[Record], since: float, until: float) -> floa
     A stretch still open at ``until`` ends at the next write answered after it (or at the last answer of
     any kind, timeouts included: nothing was seen after that).
     """
-    times = sorted(done for kind, _s, _t, done, code, _c in records if code == "ok" and kind not in READS)
+    times = sorted(done for kind, _s, _t, done, code, *_ in records if code == "ok" and kind not in READS)
     inside = [t for t in times if since <= t <= until]
     after = [t for t in times if t > until]
     last = max((r[3] for r in records), default=since)  # nothing was observed after the last answer of any kind
@@ -129,6 +137,10 @@ def format_table(records: Sequence[Record], facts: RunFacts, checks: Sequence[st
         errs = " ".join(f"{code}:{n}" for code, n in r["errors"].items()) or "-"
         lines.append(f"{kind:<13}{r['count']:>8}{r['rate']:>9.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
                      f"{r['max_ms']:>10.1f}  {errs}")
+    told = [heard(r) * 1000 for r in records]
+    late = sum(t > HEARD_WITHIN_S * 1000 for t in told)
+    lines.append(f"first word (answer or busy): p50 {percentile(told, 50):.1f} ms, p99 {percentile(told, 99):.1f} ms, "
+                 f"max {max(told, default=0.0):.1f} ms; {late} requests heard nothing for over {HEARD_WITHIN_S:g} s")
     cpu = facts.generator_cpu_s / facts.duration * 100 if facts.duration else 0.0
     lines.append(f"generator CPU: {facts.generator_cpu_s:.1f} s ({cpu:.0f}% of one core over the run), "
                  f"{facts.senders} sender threads at most")
@@ -173,6 +185,10 @@ def summary_json(records: Sequence[Record], facts: RunFacts, check: dict[str, An
     out["by_type"] = {k: s.row(facts.duration) for k, s in rows.items() if k != "all"}
     out["stall_max_ms"] = int(facts.stall_s * 1000)
     out["max_ms"] = round(max(total.latencies, default=0.0) * 1000, 1)
+    told = [heard(r) * 1000 for r in records]
+    out["heard_p99_ms"] = round(percentile(told, 99), 1)
+    out["heard_max_ms"] = round(max(told, default=0.0), 1)
+    out["heard_late"] = sum(t > HEARD_WITHIN_S * 1000 for t in told)
     out["generator_cpu_s"] = round(facts.generator_cpu_s, 1)
     out["generator_cpu_pct"] = round(facts.generator_cpu_s / facts.duration * 100, 1) if facts.duration else 0.0
     out["takeover_ms"] = None if facts.takeover_s is None else int(facts.takeover_s * 1000)
@@ -197,7 +213,7 @@ def plot(records: Sequence[Record], facts: RunFacts, path: Path) -> Path | None:
     seconds = max(1, math.ceil(facts.duration), math.ceil(max((r[3] for r in records), default=0.0) - facts.start))
     reads, writes = [0] * seconds, [0] * seconds
     lat: dict[int, list[float]] = defaultdict(list)
-    for kind, scheduled, _sent, done, code, _cid in records:
+    for kind, scheduled, _sent, done, code, *_ in records:
         second = int(done - facts.start)
         if 0 <= second < seconds and code == "ok":
             (reads if kind in READS else writes)[second] += 1

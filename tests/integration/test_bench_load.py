@@ -12,7 +12,7 @@ import pytest
 
 from bench.load import LoadOptions, run
 from bench.load_check import check_stores
-from bench.load_report import failover_pause, percentile, stats
+from bench.load_report import RunFacts, failover_pause, format_table, heard, percentile, stats, summary_json
 from ledger.launch import ACB_COMMAND
 from tests.support.broker_roles import admin_api
 
@@ -32,6 +32,20 @@ def test_failover_pause_is_the_longest_stretch_without_a_write_answered() -> Non
     records = [("settle", 0, 0, t, "ok", f"c{t}") for t in (9.5, 9.9, 11.4, 11.5)]
     records.append(("balance", 0, 0, 10.5, "ok", ""))  # reads do not end a failover pause
     assert failover_pause(records, kill_at=10.0) == pytest.approx(1.5)
+
+
+def test_the_first_word_is_the_answer_or_the_first_busy_whichever_came_first() -> None:
+    records = [("settle", 0.0, 0.0, 0.3, "ok", "c1", 0.3),  # answered at once
+               ("settle", 0.0, 0.0, 9.0, "ok", "c2", 0.2),  # told busy at 0.2 s, applied after backing off
+               ("balance", 0.0, 0.0, 30.0, "Busy", "", 0.1),  # busy at once, still turned away when time ran out
+               ("balance", 0.0, 0.0, 30.0, "timeout", "", 30.0),  # heard nothing at all
+               ("search", 0.0, 0.0, 0.4, "ok", "")]  # a record of six fields: the answer is the first word
+    assert [heard(r) for r in records] == [0.3, 0.2, 0.1, 30.0, 0.4]
+    facts = RunFacts(users=1, duration=10, start=0.0, start_wall=0.0, generators=1, generator_cpu_s=0.0, senders=1,
+                     ceiling_cps=0.0, ledger_cps=0.0)
+    assert "1 requests heard nothing for over 5 s" in format_table(records, facts)
+    summary = summary_json(records, facts, {})
+    assert summary["heard_late"] == 1 and summary["heard_max_ms"] == 30_000.0
 
 
 def _processes_with(text: str) -> list[int]:
