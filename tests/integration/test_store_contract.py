@@ -156,6 +156,28 @@ class TestStoreContract:
         assert store.command_row(last.command_id, upto=last.seq - 1) is None
         assert store.command_row("no-such-command") is None
 
+    def test_sales_past_their_dispute_window_are_kept_beside_the_events(self, store: Store) -> None:
+        _book, rows = make_rows(3)
+
+        def sale(sale_id: str, consumer: str, opened_seq: int) -> dict[str, object]:
+            return {"sale_id": sale_id, "consumer": consumer, "provider": "zoe", "opened_seq": opened_seq,
+                    "status": "settled", "interval_sealed_keys": ["k1", "k2"]}
+
+        store.append(rows[:-2])
+        retiring = dataclasses.replace(rows[-2], retired=(sale("s-1", "bob", 1), sale("s-2", "ann", 2)))
+        clash = dataclasses.replace(rows[0], hash="f" * 64)
+        with pytest.raises(StoreError):
+            store.append([retiring, clash])  # the retired sales go with it
+        assert store.retired_sale("s-1") is None
+        store.append([retiring, dataclasses.replace(rows[-1], retired=(sale("s-3", "zoe", 3),))])
+        at = rows[-2].seq
+        assert store.retired_sale("s-1") == sale("s-1", "bob", 1)
+        assert store.retired_sale("s-3", upto=at) is None and store.retired_sale("s-3", upto=at + 1) is not None
+        assert [s["sale_id"] for s in store.retired_sales("zoe", at + 1, 10)] == ["s-1", "s-2", "s-3"]
+        assert [s["sale_id"] for s in store.retired_sales("zoe", at + 1, 2)] == ["s-2", "s-3"]
+        assert [s["sale_id"] for s in store.retired_sales("bob", at, 10)] == ["s-1"]
+        assert store.retired_sales("nobody", at + 1, 10) == []
+
     def test_a_failing_read_is_a_store_error(self, store: Store) -> None:
         with store.engine.begin() as conn:
             conn.execute(sa.text("DROP TABLE events"))
