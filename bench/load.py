@@ -67,7 +67,7 @@ from bench.load_report import (
     summary_json,
 )
 from broker import commands as c
-from broker.admin import AdminApi, amqp_base, read_admin_url, scratch_roles
+from broker.admin import AdminApi, Limits, amqp_base, read_admin_url, scratch_roles
 from broker.client import BrokerClient, pipeline
 from broker.envelope import Envelope, seal
 from broker.errors import AcbError
@@ -373,10 +373,14 @@ def _drive(roles: Any, home: Path, replicas: Replicas, links: dict[str, NetnsLin
     go = ctx.Event()
     start_at = ctx.Value("d", 0.0)
     n = max(1, min(opts.generators, opts.users))
+    # Under overload a sender is held for as long as its client backs off and tries again (up to its patience),
+    # so the pool must be large enough that the generator is not what binds: as many as the peer account's
+    # connections allow (Limits.peer_connections), keeping some for the set-up and the checks.
+    most = max(128, (Limits().peer_connections - 100) // n)
     for i in range(n):
         spec = GenSpec(index=i, url=roles.peer_url, prefix=roles.names.prefix, home=str(home),
                        users=pop.share(i, n), shops=pop.shops, ledger_box_key=box, duration=opts.duration,
-                       mean_interval=opts.mean_interval, seed=opts.seed * 1000 + i)
+                       mean_interval=opts.mean_interval, seed=opts.seed * 1000 + i, max_senders=most)
         p = ctx.Process(target=run_generator, args=(spec, out, go, start_at), name=f"acb-load-gen-{i}", daemon=True)
         p.start()
         procs.append(p)
