@@ -103,6 +103,8 @@ class ProviderServer:
 
     Each authenticated connection runs in its own thread, with a second thread
     reading and encrypting ahead so disk, AES and hashing overlap with the socket.
+    Segment buffers outlive their upload in a pool of at most 48 MiB, so the next
+    upload starts sending without first allocating them.
     """
 
     def __init__(
