@@ -58,7 +58,7 @@ class TestStoreContract:
         tables = set(sa.inspect(store.engine).get_table_names())
         assert {"events", "replica_meta", "snapshots", "flows", "sales", "alembic_version"} <= tables
         with store.engine.connect() as conn:
-            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0005"
         indexes = {ix["name"] for ix in sa.inspect(store.engine).get_indexes("events")}
         assert "ix_events_command_id" in indexes
 
