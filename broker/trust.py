@@ -29,10 +29,80 @@ from broker.codec import canonical
 from broker.settings import load_environment
 
 __all__ = ["Roster", "Trust", "sign_roster", "signed", "check_signed", "raw_public", "digest", "tagged",
-           "OPERATOR_KEY_ENV"]
+           "OPERATOR_KEY_ENV", "signature_valid", "sign_known", "VERIFIED_MEMORY"]
 
 OPERATOR_KEY_ENV = "ACB_OPERATOR_KEY"
 _MAX_REPLICAS = 64
+# Signatures remembered as verified: a command's is checked when the primary authenticates it and again
+# when it folds its own entry, and the entry's own is made there; about 100 bytes each.
+VERIFIED_MEMORY = 8192
+_VerifiedKey = tuple[bytes, bytes, bytes]  # (public key, signature, SHA-256 of the message)
+
+
+class _Verified:
+    """A bounded memory of (public key, signature, message digest) triples known to verify.
+
+    Verifying Ed25519 is deterministic, so a triple that verified once verifies again: remembering it
+    changes no outcome, only spares the second check (the costliest step of the primary's own fold).
+    The message enters by its SHA-256, so a different message never matches a remembered one.
+    Thread-safe; the oldest are forgotten first.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._known: dict[_VerifiedKey, None] = {}
+        self._lock = threading.Lock()
+
+    def __contains__(self, key: _VerifiedKey) -> bool:
+        return key in self._known
+
+    def add(self, key: _VerifiedKey) -> None:
+        with self._lock:
+            self._known[key] = None
+            while len(self._known) > self.limit:
+                del self._known[next(iter(self._known))]
+
+
+_verified = _Verified(VERIFIED_MEMORY)
+
+
+def signature_valid(public: bytes, signature: bytes, message: bytes) -> bool:
+    """Whether ``signature`` is Ed25519 by ``public`` over ``message``; remembered, so the same check
+    made again (the primary's own fold of what it just authenticated and signed) costs a hash."""
+    key = (bytes(public), bytes(signature), hashlib.sha256(message).digest())
+    if key in _verified:
+        return True
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    _verified.add(key)
+    return True
+
+
+def sign_known(key: Ed25519PrivateKey, message: bytes) -> bytes:
+    """``key``'s signature over ``message``, remembered as verifying under ``key``'s public half, so checking
+    it in this process costs a hash rather than a verification."""
+    signature = key.sign(message)
+    _verified.add((_public_of(key), signature, hashlib.sha256(message).digest()))
+    return signature
+
+
+# A process signs with a handful of keys; their public halves are remembered (with the key itself, so its
+# id is not reused while it is here).
+_publics: dict[int, tuple[Ed25519PrivateKey, bytes]] = {}
+_PUBLICS_MAX = 64
+
+
+def _public_of(key: Ed25519PrivateKey) -> bytes:
+    known = _publics.get(id(key))
+    if known is not None and known[0] is key:
+        return known[1]
+    public = raw_public(key)
+    if len(_publics) >= _PUBLICS_MAX:
+        _publics.clear()
+    _publics[id(key)] = (key, public)
+    return public
 
 
 def raw_public(key: Ed25519PrivateKey) -> bytes:
@@ -55,10 +125,10 @@ def _verify(public: bytes, signature_hex: Any, message: bytes) -> bool:
     if not isinstance(signature_hex, str) or len(signature_hex) != 128:
         return False
     try:
-        Ed25519PublicKey.from_public_bytes(public).verify(bytes.fromhex(signature_hex), message)
-    except (InvalidSignature, ValueError):
+        signature = bytes.fromhex(signature_hex)
+    except ValueError:
         return False
-    return True
+    return signature_valid(public, signature, message)
 
 
 class Roster(BaseModel):

@@ -23,19 +23,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidatorFunctionWrapHandler, model_validator
 
 from broker import errors
 from broker.codec import canonical
-from broker.trust import Roster, tagged
+from broker.trust import Roster, sign_known, signature_valid, tagged
 from ledger.authority import entry_problem
 from ledger.chain import chain_hash
 from ledger.errors import ChainBroken
 from ledger.events import EpochStarted, parse_event
-from ledger.model import Record, State, apply, retired_pictures
+from ledger.model import Flow, Record, State, apply, retired_pictures
 from ledger.store import Row
 
 __all__ = ["LogEntry", "LogBatch", "Outcome", "fold_entry", "replay_row", "signature_problem", "command_digest",
@@ -64,15 +63,20 @@ class LogEntry(BaseModel):
     events: list[dict[str, Any]]
     command: dict[str, Any] | None = None  # the user's (or operator's) signed envelope behind the events
     signature: str = ""  # the writer's certified key over everything above (see signing_bytes)
-    # The JSON object this entry was read from, when it was read rather than built here.
+    # The JSON object this entry was read from (or signed as, when it was signed here).
     _written: dict[str, Any] | None = PrivateAttr(default=None)
+    # What the signature covers, once worked out: the primary signs it and folds it, every replica checks it.
+    _signing: bytes | None = PrivateAttr(default=None)
 
     @classmethod
     def from_wire(cls, written: dict[str, Any]) -> LogEntry:
         """The entry read from the JSON object its writer wrote (raises ValueError when it does not parse)."""
         entry = cls.model_validate(written)
-        entry._written = written
+        entry._keep(written)
         return entry
+
+    def _keep(self, written: dict[str, Any] | None, signing: bytes | None = None) -> None:
+        self._written, self._signing = written, signing
 
     def __eq__(self, other: object) -> bool:
         # The same entry whether it was read or built here: equal fields, equal entries.
@@ -84,7 +88,7 @@ class LogEntry(BaseModel):
         """A copy; one with changed fields is no longer the entry that was written, so it forgets that."""
         copy = super().model_copy(update=update, deep=deep)
         if update:
-            copy._written = None
+            copy._keep(None)
         return copy
 
     def wire(self) -> dict[str, Any]:
@@ -93,15 +97,23 @@ class LogEntry(BaseModel):
 
     def signing_bytes(self) -> bytes:
         """The bytes the writer's signature is over: the written entry without its signature."""
-        return tagged("log-entry", canonical({k: v for k, v in self.wire().items() if k != "signature"}))
+        if self._signing is None:
+            self._signing = _signing_bytes(self.wire())
+        return self._signing
 
     def signed_by(self, key: Ed25519PrivateKey) -> LogEntry:
-        """This entry signed with ``key``."""
-        signature = key.sign(self.signing_bytes()).hex()
+        """This entry signed with ``key``: written, and the bytes signed, worked out once here."""
+        written = self.wire()
+        message = self._signing if self._signing is not None else _signing_bytes(written)
+        signature = sign_known(key, message).hex()
         signed = self.model_copy(update={"signature": signature})
-        if self._written is not None:
-            signed._written = {**self._written, "signature": signature}
+        # Only the signature differs from what was signed; the fold that follows checks it by a hash.
+        signed._keep({**written, "signature": signature}, message)
         return signed
+
+
+def _signing_bytes(written: dict[str, Any]) -> bytes:
+    return tagged("log-entry", canonical({k: v for k, v in written.items() if k != "signature"}))
 
 
 class LogBatch(BaseModel):
@@ -121,7 +133,7 @@ class LogBatch(BaseModel):
         if isinstance(raw, list):
             for entry, written in zip(batch.entries, raw, strict=True):
                 if isinstance(written, dict):
-                    entry._written = written
+                    entry._keep(written)
         return batch
 
 
@@ -164,8 +176,10 @@ def signature_problem(state: State, entry: LogEntry, first: Any, operator_key: b
     if not entry.signature:
         return "unsigned", f"entry of {entry.writer} is not signed"
     try:
-        Ed25519PublicKey.from_public_bytes(key).verify(bytes.fromhex(entry.signature), entry.signing_bytes())
-    except (InvalidSignature, ValueError):
+        signature = bytes.fromhex(entry.signature)
+    except ValueError:
+        signature = b""
+    if not signature_valid(key, signature, entry.signing_bytes()):
         return "bad_signature", f"signature of {entry.writer} does not verify"
     return None
 
@@ -245,7 +259,12 @@ def _applied(state: State, entry: LogEntry, events: list[Any]) -> tuple[Outcome,
 
 def flows_of(state: State) -> tuple[dict[str, Any], ...]:
     """The cash flows the record just applied caused, as the store's projection keeps them."""
-    return tuple({"account": account, **dataclasses.asdict(flow)} for account, flow in state.last_flows)
+    # A flow's fields are plain values: read one by one, not through asdict's recursive deep copy.
+    return tuple({"account": account, **{name: getattr(flow, name) for name in _FLOW_FIELDS}}
+                 for account, flow in state.last_flows)
+
+
+_FLOW_FIELDS = tuple(f.name for f in dataclasses.fields(Flow))
 
 
 def _version(payload: dict[str, Any]) -> int:
