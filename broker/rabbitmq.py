@@ -1,9 +1,11 @@
 """The broker seam over pika: a :class:`~broker.transport.Link` is one ``BlockingConnection``.
 
 A link has one channel for consuming, settling and unconfirmed publishes, and opens a second one
-in confirm mode the first time it appends (a confirm channel makes every publish wait for its own
-confirm, which the log needs and the replies do not). pika's and the socket's errors leave this
-module as :class:`broker.errors.BrokerUnavailable`, with the original as the cause.
+in confirm mode the first time it appends (the log needs confirms, the replies do not). An append
+publishes all its messages, then waits once until the broker has confirmed every one: pika's own
+confirm mode waits a round trip per message, which capped a stream at about a thousand a second.
+pika's and the socket's errors leave this module as :class:`broker.errors.BrokerUnavailable`, with
+the original as the cause.
 
 ``open(..., background=True)`` gives a :class:`BackgroundLink`: the same link served by a thread of
 its own. pika's ``BlockingConnection`` sends heartbeats only while ``process_data_events`` runs,
@@ -56,7 +58,10 @@ class PikaLink:
     def __init__(self, conn: pika.BlockingConnection) -> None:
         self._conn = conn
         self._channel: Any = conn.channel()
-        self._confirming: Any = None
+        self._confirming: Any = None  # the confirm channel, once the link appends
+        self._published = 0  # messages published on it: the broker numbers its confirms the same way
+        self._unconfirmed: set[int] = set()
+        self._refused = 0  # of the current append, nacked by the broker
         self._consumer: str | None = None
 
     @_converted
@@ -106,11 +111,41 @@ class PikaLink:
 
     @_converted
     def append(self, stream: str, bodies: Sequence[bytes]) -> None:
-        if self._confirming is None:
-            self._confirming = self._conn.channel()
-            self._confirming.confirm_delivery()
+        channel = self._confirm_channel()
+        props = pika.BasicProperties(delivery_mode=2)
+        self._refused = 0
         for body in bodies:
-            self._confirming.basic_publish("", stream, body, pika.BasicProperties(delivery_mode=2))
+            channel._impl.basic_publish("", stream, body, props)
+            self._published += 1
+            self._unconfirmed.add(self._published)
+        # One wait for the lot (pika's BlockingChannel has no call for that: its _flush_output is what its own
+        # confirmed publish waits with, and it raises when the broker closes the channel meanwhile).
+        channel._flush_output(lambda: not self._unconfirmed)
+        if self._refused:
+            raise errors.BrokerUnavailable(f"the broker refused {self._refused} of {len(bodies)} messages to {stream}")
+        if self._unconfirmed:
+            raise errors.BrokerUnavailable(f"the broker closed the channel before confirming {len(self._unconfirmed)} "
+                                           f"messages to {stream}")
+
+    def _confirm_channel(self) -> Any:
+        if self._confirming is None:
+            channel = self._conn.channel()
+            selected: list[bool] = []
+            channel._impl.confirm_delivery(ack_nack_callback=self._on_confirm,
+                                           callback=lambda _frame: selected.append(True))
+            channel._flush_output(lambda: bool(selected))
+            if not selected:
+                raise errors.BrokerUnavailable("the broker did not put the channel in confirm mode")
+            self._confirming = channel
+        return self._confirming
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        tag, multiple = method.delivery_tag, method.multiple
+        settled = {t for t in self._unconfirmed if t <= tag} if multiple else {tag} & self._unconfirmed
+        self._unconfirmed -= settled
+        if isinstance(method, pika.spec.Basic.Nack):
+            self._refused += len(settled)
 
     def close(self) -> None:
         try:
