@@ -47,6 +47,7 @@ import pika
 import pika.exceptions
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from broker import errors
 from broker import queries as q
@@ -139,6 +140,8 @@ def connect(url: str, *, heartbeat: int = 10, name: str = "acb") -> pika.Blockin
         raise errors.BrokerUnavailable(f"cannot reach RabbitMQ at {_safe(url)}: {type(cause).__name__}") from exc
     except (ssl.SSLError, OSError) as exc:
         raise errors.BrokerUnavailable(f"cannot reach RabbitMQ at {_safe(url)}: {exc.strerror or exc}") from exc
+    except AMQPConnectorException as exc:  # not an AMQPError: a handshake timeout of a broker too busy to answer
+        raise errors.BrokerUnavailable(f"cannot reach RabbitMQ at {_safe(url)}: {type(exc).__name__}") from exc
 
 
 def _safe(url: str) -> str:

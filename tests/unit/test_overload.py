@@ -13,13 +13,15 @@ import dataclasses
 import random
 from typing import Any
 
+import pika
 import pytest
+from pika.adapters.utils.connection_workflow import AMQPConnectorStackTimeout
 from pydantic import BaseModel
 
 from broker import commands as c
 from broker import errors
 from broker import queries as q
-from broker.client import BUSY_BACKOFF, RESEND, Backoff
+from broker.client import BUSY_BACKOFF, RESEND, Backoff, connect
 from broker.envelope import DEADLINE_GRACE_MS, Envelope, expired, open_envelope, seal, verify
 from ledger import intake
 from ledger.intake import DECIDED, DUPLICATE, EXPIRED, REFUSED, REMEMBERED, Incoming, Plan, Refusals, Writer
@@ -198,3 +200,14 @@ def test_command_status_tells_applied_expired_and_unknown(stocked_book: Book) ->
     found = command_status(state, q.CommandStatus(command_id="e" * 32), now,
                            commands=lambda i: {"seq": 3, "result": {"x": 1}} if i == "e" * 32 else None)
     assert found["status"] == "applied" and found["applied_seq"] == 3  # older than the state's window: the store
+
+
+def test_a_broker_too_busy_to_finish_the_handshake_is_unavailable_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Seen at 25,000 users: pika raises its own AMQPConnectorStackTimeout, which is not an AMQPError, and
+    # every caller that handles BrokerError (senders, the status monitor) died of it instead of trying again.
+    def too_busy(_params: Any) -> Any:
+        raise AMQPConnectorStackTimeout("Timeout during AMQP handshake")
+
+    monkeypatch.setattr(pika, "BlockingConnection", too_busy)
+    with pytest.raises(errors.BrokerUnavailable, match="AMQPConnectorStackTimeout"):
+        connect("amqp://u:secret@127.0.0.1:5672/x")
