@@ -23,7 +23,10 @@ class PostgresFtsIndex(SqlSearchIndex):
         # Each word a quoted prefix lexeme: words are letters and digits only, so no quote to escape.
         expression = " & ".join(f"'{w}':*" for w in words)
         tsquery = sa.func.to_tsquery(sa.literal_column("'simple'::regconfig"), sa.bindparam("tsquery", expression))
-        return DOCUMENTS, _SEARCH.op("@@")(tsquery), -sa.func.ts_rank(_SEARCH, tsquery)
+        # As double precision: a real comes back as a rounded decimal, and a cursor holding that rounded
+        # rank would not match the rank it was taken from, so a page of ties would repeat for ever.
+        rank = sa.cast(-sa.func.ts_rank(_SEARCH, tsquery), postgresql.DOUBLE_PRECISION)
+        return DOCUMENTS, _SEARCH.op("@@")(tsquery), rank
 
     def _online_clause(self, providers: frozenset[str]) -> sa.ColumnElement[bool]:
         # One array parameter however many are online.

@@ -150,7 +150,7 @@ class SqlSearchIndex:
         if sort is Sort.PRICE:
             return sa.func.min(hits.c.price)
         if sort is Sort.POPULARITY:
-            return -sa.func.sum(hits.c.sales)
+            return sa.cast(-sa.func.sum(hits.c.sales), sa.BigInteger)  # PostgreSQL sums bigints as numeric
         return -sa.func.max(hits.c.first_seq)
 
     def _groups(self, query: SearchQuery, online: frozenset[str]) -> tuple[sa.CTE, sa.Select[Any]]:
