@@ -7,6 +7,12 @@ every sender is busy (up to ``max_senders``), so a slow ledger does not slow the
 Latency is measured from the scheduled time, so time spent waiting for a free sender counts
 (no coordinated omission).
 
+A user told ``busy`` (the ledger's answer ``busy``, or the broker turning the request away at a full
+queue, recorded as ``queue_full``) takes that as this request's answer and comes back at its next
+arrival, as a person would: the open-loop schedule is its backoff, with jitter. The client library's
+own backoff would keep the request, and its sender, for up to the whole patience (30 s); past twice
+the capacity every sender would be held so, and the generator, not the ledger, would be what binds.
+
 The process reports to its parent over a multiprocessing queue: ``("ready", i)`` once its senders
 are connected, ``("records", i, [...])`` about once a second, and ``("done", i, cpu_seconds,
 senders, problem)`` at the end. A record is ``(kind, scheduled, sent, answered, code, command_id,
@@ -30,9 +36,9 @@ from typing import Any
 
 from bench.load_mix import Account, Action, UserState, answered, choose
 from broker import queries as q
-from broker.client import BrokerClient
+from broker.client import Backoff, BrokerClient
 from broker.envelope import now_ms, seal
-from broker.errors import BrokerError, BrokerUnavailable, ReplyTimeout
+from broker.errors import BrokerError, BrokerUnavailable, Busy, ReplyTimeout
 from broker.topology import Names
 from broker.trust import Trust
 
@@ -40,6 +46,8 @@ __all__ = ["GenSpec", "Record", "run_generator"]
 
 Record = tuple[str, float, float, float, str, str, float]
 _FLUSH_EVERY = 1.0  # seconds between record batches sent to the parent
+# A pause no patience covers: the client returns the first `busy` (or raises at the first nack) at once.
+_TAKE_BUSY = Backoff(base=1e9, cap=1e9, floor=1.0)
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,7 @@ class _Generator:
         t.start()
 
     def _sender(self) -> None:
-        client = BrokerClient(self.spec.url, self.names, trust=Trust.load(Path(self.spec.home)))
+        client = BrokerClient(self.spec.url, self.names, trust=Trust.load(Path(self.spec.home)), backoff=_TAKE_BUSY)
         try:
             try:  # connect (and learn the roster) before the clock starts
                 client.request(seal(q.LedgerInfo(), sender="anonymous", key=None, kind="query"), timeout=30)
@@ -128,6 +136,8 @@ class _Generator:
             code = "timeout"
         except BrokerUnavailable:
             code = "unavailable"
+        except Busy:
+            code = "queue_full"  # the broker's nack: the queue was at its bound
         except BrokerError as exc:
             code = type(exc).__name__
         done = time.monotonic()

@@ -91,7 +91,10 @@ class Limits:
     operator_channels: int = 128
     dlq_length: int = 10_000
     dlq_bytes: int = 64 * 1024 * 1024
-    reads_length: int = 10_000
+    # Queries waiting for the backups, by the same rule as commands: what they answer in a few seconds. Three
+    # backups answered about 600 a second together under overload on a shared 2-core machine (acb bench load,
+    # 25,000 users), so 10,000 meant waits of 15 s and more, past most queries' deadlines: answers nobody read.
+    reads_length: int = 2_000
     reads_bytes: int = 32 * 1024 * 1024
     # Commands waiting for the primary (ready ones; the up to 1,024 it holds ahead do not count). The primary
     # decides roughly 700 to 1,500 commands a second on a 2-core machine, so 2,000 waiting plus the 1,024 held
