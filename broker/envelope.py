@@ -17,9 +17,10 @@ error says which of the three is wrong.
 """
 from __future__ import annotations
 
+import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -39,6 +40,10 @@ _BODY_KEYS = frozenset({"id", "sender", "issued_at", "kind", "payload", "min_seq
 # milliseconds; a client whose clock is further behind sees its requests answered `expired` at once, and
 # the answer says why. A clock ahead only makes its requests live longer (never past its own patience).
 DEADLINE_GRACE_MS = 2_000
+# Envelopes opened lately, by their exact bytes: the primary opens a command when it takes it in and again
+# when it folds the entry carrying it (as the same bytes). Only small ones: a dispute's evidence is not kept.
+_OPENED_MEMORY = 4096
+_OPENED_MAX_BYTES = 16 * 1024
 
 
 def new_id() -> str:
@@ -64,6 +69,15 @@ class Envelope:
     body: dict[str, Any]
     signature: bytes | None
     deadline: int | None = None  # ms on the sender's clock; None: an old client, no deadline
+    # The bytes the signature is over, once worked out (checked on intake and again in the fold).
+    _signed: bytes | None = field(default=None, init=False, compare=False, repr=False)
+
+    def signed_bytes(self) -> bytes:
+        """What the sender's signature covers: the canonical body, tagged as an envelope."""
+        if self._signed is None:
+            object.__setattr__(self, "_signed", tagged("envelope", canonical(self.body)))
+        assert self._signed is not None
+        return self._signed
 
     def wire(self) -> dict[str, Any]:
         """The envelope as the JSON object that travels (and that a log entry carries)."""
@@ -110,8 +124,42 @@ def seal(
     )
 
 
+class _Opened:
+    """Envelopes recently opened, by their exact bytes (parsing is pure: the same bytes, the same envelope)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._by_bytes: dict[bytes, Envelope] = {}
+        self._lock = threading.Lock()
+
+    def get(self, raw: bytes) -> Envelope | None:
+        return self._by_bytes.get(raw)
+
+    def add(self, raw: bytes, envelope: Envelope) -> None:
+        with self._lock:
+            self._by_bytes[raw] = envelope
+            while len(self._by_bytes) > self.limit:
+                del self._by_bytes[next(iter(self._by_bytes))]
+
+
+_opened = _Opened(_OPENED_MEMORY)
+
+
 def open_envelope(raw: bytes) -> Envelope:
-    """Parse wire bytes into an Envelope; raise a coded CommandRejected when they do not fit."""
+    """Parse wire bytes into an Envelope; raise a coded CommandRejected when they do not fit.
+
+    The same bytes give the same envelope (the very object, when they were opened lately)."""
+    raw = bytes(raw)
+    known = _opened.get(raw)
+    if known is not None:
+        return known
+    envelope = _open(raw)
+    if len(raw) <= _OPENED_MAX_BYTES:
+        _opened.add(raw, envelope)
+    return envelope
+
+
+def _open(raw: bytes) -> Envelope:
     try:
         wire = loads_object(raw)
     except ValueError as exc:
@@ -189,5 +237,5 @@ def verify(envelope: Envelope, public_key: bytes) -> None:
         raise errors.BadSignature(f"{envelope.payload.type} from {envelope.sender} is not signed")
     # Remembered when it verifies: the primary checks a command when it takes it in and again when it folds
     # the entry that carries it.
-    if not signature_valid(public_key, envelope.signature, tagged("envelope", canonical(envelope.body))):
+    if not signature_valid(public_key, envelope.signature, envelope.signed_bytes()):
         raise errors.BadSignature(f"signature of {envelope.sender} does not verify")
