@@ -64,6 +64,9 @@ LOG_MESSAGE_MAX = 8 << 20  # bytes of one log stream message, well below the bro
 def log_messages(entries: list[LogEntry], limit: int = LOG_MESSAGE_MAX) -> list[bytes]:
     """The entries as stream messages, in order, each below ``limit`` bytes where one entry allows
     (RabbitMQ refuses messages over its maximum size; disputes carry a whole segment)."""
+    whole = LogBatch(entries=entries).model_dump_json().encode()
+    if len(whole) <= limit:  # nearly always: encoded once, not entry by entry and then again
+        return [whole]
     out: list[bytes] = []
     group: list[LogEntry] = []
     size = 0
