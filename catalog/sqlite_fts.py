@@ -19,8 +19,6 @@ class SqliteFtsIndex(SqlSearchIndex):
     """FTS5 with BM25 (lower is better, as :meth:`_match` wants)."""
 
     explain_prefix = "EXPLAIN QUERY PLAN "
-    # bm25() may only run where the MATCH is evaluated; folded into the grouping query it is refused.
-    materialize_hits = True
 
     def _match(self, words: list[str]) -> tuple[sa.FromClause, sa.ColumnElement[bool], sa.ColumnElement[Any]]:
         if not words:
@@ -28,8 +26,12 @@ class SqliteFtsIndex(SqlSearchIndex):
         # Each word a quoted prefix term: inside quotes FTS5 reads no operator, and words hold no quote.
         expression = " ".join(f'"{w}"*' for w in words)
         fts: sa.ColumnElement[Any] = sa.literal_column("catalog_fts")
-        source = _FTS.join(DOCUMENTS, DOCUMENTS.c.id == _FTS.c.rowid)
-        return source, fts.op("MATCH")(sa.bindparam("fts_match", expression)), sa.func.bm25(fts, *_WEIGHTS)
+        # The matches first, on their own: bm25() may only run where the MATCH is evaluated, and left to
+        # itself the planner may walk a filter's index and run the MATCH once per document it finds.
+        matched = (sa.select(_FTS.c.rowid, sa.func.bm25(fts, *_WEIGHTS).label("rank")).select_from(_FTS)
+                   .where(fts.op("MATCH")(sa.bindparam("fts_match", expression)))
+                   .cte("matched").prefix_with("MATERIALIZED"))
+        return matched.join(DOCUMENTS, DOCUMENTS.c.id == matched.c.rowid), sa.true(), matched.c.rank
 
     def _online_clause(self, providers: frozenset[str]) -> sa.ColumnElement[bool]:
         # One JSON parameter however many are online, where an IN list would hit SQLite's variable limit.
