@@ -40,9 +40,10 @@ _BODY_KEYS = frozenset({"id", "sender", "issued_at", "kind", "payload", "min_seq
 # milliseconds; a client whose clock is further behind sees its requests answered `expired` at once, and
 # the answer says why. A clock ahead only makes its requests live longer (never past its own patience).
 DEADLINE_GRACE_MS = 2_000
-# Envelopes opened lately, by their exact bytes: the primary opens a command when it takes it in and again
-# when it folds the entry carrying it (as the same bytes). Only small ones: a dispute's evidence is not kept.
-_OPENED_MEMORY = 4096
+# Envelopes opened lately, by their exact bytes: the primary opens a command when it takes it in and again,
+# from the same bytes, when it folds the entry carrying it, a batch (64) later at most. Only small ones (a
+# dispute's evidence is not kept), and few: the memory stays under a few MB.
+_OPENED_MEMORY = 512
 _OPENED_MAX_BYTES = 16 * 1024
 
 
