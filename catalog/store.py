@@ -57,7 +57,6 @@ class SqlSearchIndex:
     """The catalog projection in a SQL store; subclassed per engine for matching and ranking."""
 
     explain_prefix = "EXPLAIN "
-    materialize_hits = False  # compute the matching documents once, before grouping them
 
     def __init__(self, engine: sa.Engine, *, cursor_key: bytes, online: Online = frozenset) -> None:
         self._engine = engine
@@ -139,8 +138,7 @@ class SqlSearchIndex:
         if query.online_only:
             where.append(self._online_clause(online))
         columns = [DOCUMENTS.c[name] for name in _SHOWN]
-        hits = sa.select(*columns, rank.label("rank")).select_from(source).where(*where).cte("hits")
-        return hits.prefix_with("MATERIALIZED") if self.materialize_hits else hits
+        return sa.select(*columns, rank.label("rank")).select_from(source).where(*where).cte("hits")
 
     @staticmethod
     def _group_key(hits: sa.CTE, sort: Sort) -> sa.ColumnElement[Any]:
