@@ -30,6 +30,11 @@ they arise (``raise OurError(...) from exc``)::
     │   ├── ConfigError                   keys or settings missing or unreadable
     │   ├── Deposed                       ledger/primary.py: another replica holds a higher epoch: stop writing
     │   └── LaunchError                   ledger/launch.py: a replica process died or did not get ready in time
+    ├── CatalogError                      catalog/errors.py: search and its projection
+    │   ├── BadQuery                      a search we do not answer as asked (the message says why)
+    │   │   └── BadCursor                 a page cursor this catalog did not issue, or issued for another search
+    │   ├── BadDocument                   a document the projection refuses (oversized metadata, bad topic)
+    │   └── CatalogStoreError             the catalog's database refused or failed
     ├── PeerError                         peer/errors.py: the client side
     │   ├── WrongPassword                 the password does not open the keystore
     │   ├── NotLoggedIn                   no session: run `acb login`
