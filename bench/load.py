@@ -277,7 +277,9 @@ def run(opts: LoadOptions, say: Say = print) -> tuple[dict[str, Any], str, Check
     """One run (see the module docstring): its JSON summary, its table and its checks."""
     env = load_environment()
     base = opts.url or env.broker_url
-    with scratch_roles(AdminApi(read_admin_url(env.home)), prefix="load", label="load",
+    # A broker under this load can take many seconds to answer its management API (deleting a vhost of quorum
+    # queues and streams most of all): more patience than an administrator's command needs.
+    with scratch_roles(AdminApi(read_admin_url(env.home), timeout=120.0), prefix="load", label="load",
                        amqp=amqp_base(base) if base else None) as roles:
         return _run(roles, opts, say)
 

@@ -140,6 +140,8 @@ class _Generator:
             code = "queue_full"  # the broker's nack: the queue was at its bound
         except BrokerError as exc:
             code = type(exc).__name__
+        except Exception as exc:  # a sender that died of a surprise would shrink the pool unseen: record it, go on
+            code = type(exc).__name__
         done = time.monotonic()
         with self.lock:
             answered(self.states[action.user], action.kind, code == "ok")

@@ -386,13 +386,22 @@ def scratch_roles(api: AdminApi, *, prefix: str = "acb", label: str = "t", amqp:
     """
     vhost = f"acb-{label}-{secrets.token_hex(5)}"
     base = amqp_base(amqp or api.default_amqp_base())
+    failed = False
     try:
         made = broker_setup(api, vhost=vhost, prefix=prefix, amqp=base, user_prefix=vhost, limits=limits)
         admin = amqp_url(base, api.user, _credentials(api.url)[1], vhost)
         yield BrokerRoles(made.vhost, made.prefix, made.urls, admin)
+    except BaseException:
+        failed = True
+        raise
     finally:
         if not keep:
-            _remove(api, vhost, [f"{vhost}-{role}" for role in ROLES])
+            try:
+                _remove(api, vhost, [f"{vhost}-{role}" for role in ROLES])
+            except AdminError:
+                # When the body failed, its error is the news; a clean-up that could not finish must not hide it.
+                if not failed:
+                    raise
 
 
 # -- files -----------------------------------------------------------------------------------------
