@@ -114,6 +114,14 @@ class _Generator:
     def _send(self, client: BrokerClient, action: Action, scheduled: float) -> None:
         spec = self.spec
         sent = time.monotonic()
+        if sent - scheduled >= spec.timeout:
+            # The user gave up while the request waited for a sender: the generator fell behind, not the ledger.
+            # Sending it anyway would cost a sender half a second for an answer nobody waits for, and so put
+            # the generator further behind with every request.
+            with self.lock:
+                answered(self.states[action.user], action.kind, False)
+                self.records.append((action.kind, scheduled, sent, sent, "generator_late", "", sent))
+            return
         left = max(0.5, scheduled + spec.timeout - sent)
         key = action.signer.sign_key() if action.signer is not None else None
         env = seal(action.payload, sender=action.signer.login if action.signer else "anonymous", key=key,
