@@ -354,7 +354,16 @@ def _wait_vhost(api: AdminApi, vhost: str, timeout: float = 10.0) -> None:
     # A new vhost starts its processes asynchronously on some versions: wait until it reports running.
     deadline = time.monotonic() + timeout
     while True:
-        info = api.request("GET", f"/vhosts/{_q(vhost)}")
+        try:
+            info = api.request("GET", f"/vhosts/{_q(vhost)}")
+        except AdminError as exc:
+            # Seen on a loaded broker: a 500 (badkey in its vhost status map) while the new vhost is starting.
+            if not (isinstance(exc.__cause__, urllib.error.HTTPError) and exc.__cause__.code == 500):
+                raise
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+            continue
         state = (info or {}).get("cluster_state") or {}
         if not state or all(s == "running" for s in state.values()):
             return
