@@ -91,9 +91,10 @@ class Limits:
     operator_channels: int = 128
     dlq_length: int = 10_000
     dlq_bytes: int = 64 * 1024 * 1024
-    # Queries waiting for the backups, by the same rule as commands: what they answer in a few seconds. Three
-    # backups answered about 600 a second together under overload on a shared 2-core machine (acb bench load,
-    # 25,000 users), so 10,000 meant waits of 15 s and more, past most queries' deadlines: answers nobody read.
+    # Queries waiting for the backups, by the same rule as commands: what they answer in a few seconds. At
+    # 10,000, an overloaded run (acb bench load, 25,000 users) kept the queue full and queries waited past
+    # their senders' 30 s: answers nobody read. 2,000 assumes the backups answer several hundred a second
+    # together on a shared 2-core machine; their rate alone under overload is not measured yet.
     reads_length: int = 2_000
     reads_bytes: int = 32 * 1024 * 1024
     # Commands waiting for the primary (ready ones; the up to 1,024 it holds ahead do not count). The primary
