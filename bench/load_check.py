@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.trust import Trust
-from ledger.audit import AuditReport, Invariant, audit
-from ledger.store import Store
+from ledger.audit import Invariant, audit_store
 
 __all__ = ["CheckResult", "check_stores"]
 
@@ -58,14 +57,6 @@ class CheckResult:
         return out
 
 
-def _audit(url: str, home: Path) -> AuditReport:
-    store = Store(url, create=False)
-    try:
-        return audit(store, operator_key=Trust.load(home).operator_key)
-    finally:
-        store.close()
-
-
 def _state_hash(command: Sequence[str], url: str, at: int, env: Mapping[str, str]) -> str:
     out = subprocess.run([*command, "audit", "hash", "--store", url, "--at", str(at), "--json"], env=dict(env),
                          capture_output=True, text=True, timeout=900)
@@ -83,7 +74,8 @@ def check_stores(stores: Mapping[str, str], acknowledged: Iterable[str], home: P
     ``env`` (for ``audit hash``).
     """
     acked = set(acknowledged)
-    audits = {rid: _audit(url, home) for rid, url in stores.items()}
+    operator_key = Trust.load(home).operator_key
+    audits = {rid: audit_store(url, operator_key) for rid, url in stores.items()}
     missing = {rid: len(acked - a.command_ids) for rid, a in audits.items()}
     lost_ids: set[str] = set()
     for a in audits.values():

@@ -44,10 +44,9 @@ from broker.settings import load_environment
 from broker.topology import Names
 from broker.trust import Trust
 from console.netns import NetnsLink, netns_available
-from ledger.audit import AuditReport, Invariant, audit
+from ledger.audit import Invariant, audit_store
 from ledger.keys import init_system, load_operator_key
 from ledger.launch import ACB_COMMAND, LaunchError, Replicas, deployment_env
-from ledger.store import Store
 from peer.client import Client
 
 __all__ = ["drill", "main"]
@@ -139,15 +138,6 @@ def _await_new_primary(procs: Replicas, old: str, epoch: int, timeout: float) ->
                                       check=False)["replica"])
     except LaunchError:
         return None
-
-
-def _audit(store_url: str, home: Path) -> AuditReport:
-    """One replica's store audited as `acb audit verify` does, trusting the drill's operator key."""
-    store = Store(store_url, create=False)
-    try:
-        return audit(store, operator_key=Trust.load(home).operator_key)
-    finally:
-        store.close()
 
 
 def drill(replicas: int = 3, rounds: int = 5, *, clients: int = 4, faults: tuple[str, ...] = DEFAULT_FAULTS,
@@ -267,7 +257,8 @@ def _drill(roles: Any, replicas: int, rounds: int, *, clients: int, faults: tupl
             pass  # the audits below say what differs
         procs.stop_all()
         # The verdicts are read from the audit's named invariants, never from the wording of its findings.
-        audits = {rid: _audit(procs.store(rid), work) for rid in procs.ids}
+        operator_key = Trust.load(work).operator_key
+        audits = {rid: audit_store(procs.store(rid), operator_key) for rid in procs.ids}
         logged = set.intersection(*(a.command_ids for a in audits.values()))
         lost = [cid for cid in load.acked if cid not in logged]
         duplicated = sum(a.invariants[Invariant.COMMAND_ONCE].count for a in audits.values())

@@ -27,7 +27,8 @@ from ledger.log import LogEntry, replay_row, signature_problem
 from ledger.model import OPEN, State, invariant_findings, state_from_dict, state_hash
 from ledger.store import Store
 
-__all__ = ["AuditReport", "Invariant", "InvariantResult", "Verdict", "Violation", "MONEY", "audit", "replay"]
+__all__ = ["AuditReport", "Invariant", "InvariantResult", "Verdict", "Violation", "MONEY", "audit", "audit_store",
+           "replay"]
 
 
 class Invariant(StrEnum):
@@ -200,6 +201,15 @@ def _start(store: Store, report: AuditReport, use_snapshot: bool) -> State | Non
                 return None
             state, report.from_snapshot = candidate, snap[0]
     return state
+
+
+def audit_store(store_url: str, operator_key: bytes | None) -> AuditReport:
+    """The store at ``store_url`` audited from zero as ``acb audit verify`` does, trusting ``operator_key``."""
+    store = Store(store_url, create=False)
+    try:
+        return audit(store, operator_key=operator_key)
+    finally:
+        store.close()
 
 
 def audit(store: Store, *, use_snapshot: bool = False, check_every: int = 1000,
