@@ -7,6 +7,7 @@ Every value a person typed reaches the database as a bound parameter.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -53,7 +54,7 @@ _SHOWN = ("doc_id", "title", "description", "topic", "type", "metadata", "tags",
           "commitment", "price", "provider", "sales", "first_seq", "first_at_ms")
 
 
-class SqlSearchIndex:
+class SqlSearchIndex(ABC):
     """The catalog projection in a SQL store; subclassed per engine for matching and ranking."""
 
     explain_prefix = "EXPLAIN "
@@ -64,12 +65,13 @@ class SqlSearchIndex:
         self._online = online
 
     # -- engine specifics ------------------------------------------------------------------------
+    @abstractmethod
     def _match(self, words: list[str]) -> tuple[sa.FromClause, sa.ColumnElement[bool], sa.ColumnElement[Any]]:
         """``(from, where, rank)`` for documents holding every word as a prefix; rank lower is better."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _online_clause(self, providers: frozenset[str]) -> sa.ColumnElement[bool]:
-        raise NotImplementedError
+        """The condition that a row's provider is among ``providers`` (those online now)."""
 
     # -- writing ---------------------------------------------------------------------------------
     @contextmanager
